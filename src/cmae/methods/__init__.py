@@ -1,0 +1,23 @@
+"""Pre-training methods by name; each is an nn.Module whose forward(batch) -> MethodOutput."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from cmae.config import Config, ConfigError
+from cmae.methods.base import MethodOutput
+from cmae.methods.mae import MAE
+from cmae.methods.videomae import VideoMAE
+
+METHODS: dict[str, type[nn.Module]] = {
+    "mae": MAE,
+    "videomae": VideoMAE,
+}
+
+__all__ = ["METHODS", "MethodOutput", "build_method"]
+
+
+def build_method(config: Config) -> nn.Module:
+    if config.method.name not in METHODS:
+        raise ConfigError(f"unknown method.name {config.method.name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[config.method.name](config)

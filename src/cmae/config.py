@@ -1,0 +1,205 @@
+"""Typed run configuration: defaults here, YAML presets on top, `key=value` overrides last.
+
+Every key lives in one of the dataclasses below, so a typo (`trian.epochs`) or a value of
+the wrong type (`train.epochs=two`) is rejected before any work starts, with the key
+named. The resolved config is written to each run's `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # list file of `<path> <label>` lines, or an ImageFolder directory
+    val: str = ""
+    num_frames: int = 16  # frames per clip fed to the encoder (1 for image MAE)
+    sampling_rate: int = 4  # stride between sampled frames
+    image_size: int = 224
+    views: str = "clip"  # how a sample becomes the method's inputs: see cmae.data.views
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # random resized crop area range
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: bool = True
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    decoder: str = "auto"  # auto | torchcodec | pyav
+    num_workers: int = 2
+    max_failed_fraction: float = 0.05  # stop the run when more of the decoded files than this are corrupt
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_base"  # a preset of cmae.models.vit.VIT_PRESETS
+    patch_size: int = 0  # 0: the preset's
+    tubelet_size: int = 2  # frames per token; 1 for images
+    drop_path: float = 0.0
+    cls_token: bool = False
+    decoder_dim: int = 384
+    decoder_depth: int = 4
+    decoder_heads: int = 6
+
+
+@dataclass
+class MethodConfig:
+    name: str = "videomae"  # a method of cmae.methods.METHODS
+    masking: str = "auto"  # auto (the method's own: tube for video methods) | tube | random
+    mask_ratio: float = 0.9
+    norm_pix: str = "channel"  # channel (VideoMAE) | patch (MAE) | none
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 800
+    batch_size: int = 1024  # global batch over all processes and accumulation steps
+    accum_steps: int = 1
+    base_lr: float = 1.5e-4  # lr = base_lr * batch_size / 256 unless lr > 0
+    lr: float = 0.0
+    min_lr: float = 0.0
+    warmup_epochs: float = 40.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    clip_grad: float = 0.0  # max gradient norm; 0 disables clipping
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    log_every: int = 10  # steps between metrics.jsonl lines
+    save_every: int = 1  # epochs between checkpoint-last.pt writes (the last epoch is always saved)
+    keep_every: int = 0  # also keep checkpoint-NNNN.pt every this many epochs; 0: only the last
+    max_steps_per_epoch: int = 0  # 0: the whole data set each epoch (a cap is for smoke runs)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_value(key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` converted to `annotation` or raise ConfigError naming `key`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            try:
+                return _check_value(key, value, option)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if annotation is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, (list, tuple)):
+            return [_check_value(f"{key}[{i}]", item, item_type) for i, item in enumerate(value)]
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:  # pragma: no cover - a schema type this checker does not know
+        raise TypeError(f"unsupported config type {annotation} for {key}")
+    name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"config key '{key}' expects {name}, got {value!r} ({type(value).__name__})")
+
+
+def _apply(section: Any, values: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            known = ", ".join(prefix + k for k in hints)
+            raise ConfigError(f"unknown config key '{key}' (known: {known})")
+        current = getattr(section, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{key}' is a section and needs a mapping, got {value!r}")
+            _apply(current, value, key + ".")
+        else:
+            setattr(section, name, _check_value(key, value, hints[name]))
+
+
+def set_key(config: Config, dotted: str, value: Any) -> None:
+    """Set one dotted key (`train.epochs`), checked against the schema."""
+    *parents, leaf = dotted.split(".")
+    nested: dict[str, Any] = {leaf: value}
+    for parent in reversed(parents):
+        nested = {parent: nested}
+    _apply(config, nested, "")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", YAML-parsed value), so `2` is an int and `[0.5, 1]` a list."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: cannot parse the value ({error})") from None
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults <- YAML file at `path` <- `key=value` overrides, all checked."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        try:
+            _apply(config, values, "")
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+    for text in overrides:
+        set_key(config, *parse_override(text))
+    return config
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config from `to_dict()` output (e.g. the one stored in a checkpoint)."""
+    config = Config()
+    _apply(config, values, "")
+    return config
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

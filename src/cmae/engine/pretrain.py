@@ -1,0 +1,257 @@
+"""The pre-training loop: one loop for every method, one process or many under torchrun.
+
+files -> VideoDataset(view) -> DataLoader -> method(batch) -> loss -> AdamW, with a
+per-iteration cosine schedule, gradient accumulation, optional clipping, metrics.jsonl,
+and an atomic checkpoint each epoch that `--resume` continues from exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from cmae.config import Config, ConfigError, config_from_dict, save_config
+from cmae.data.dataset import VideoDataset
+from cmae.data.views import build_view
+from cmae.engine.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from cmae.engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from cmae.engine.runtime import (
+    MetricsLog,
+    autocast,
+    read_metrics,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    to_device,
+)
+from cmae.engine.schedule import cosine_with_warmup, param_groups
+from cmae.methods import build_method
+
+CHECKPOINT_NAME = "checkpoint-last.pt"
+
+
+def per_rank_batch(config: Config, world_size: int) -> int:
+    """`train.batch_size` is global: split over processes and accumulation steps."""
+    parts = world_size * config.train.accum_steps
+    if config.train.batch_size % parts:
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} is not divisible by "
+            f"{world_size} processes x train.accum_steps={config.train.accum_steps}"
+        )
+    return config.train.batch_size // parts
+
+
+def peak_lr(config: Config) -> float:
+    """Linear scaling rule: lr = base_lr x global batch / 256, unless train.lr is set."""
+    return config.train.lr if config.train.lr > 0 else config.train.base_lr * config.train.batch_size / 256
+
+
+def make_loader(dataset, config: Config, dist_info: DistInfo, batch: int, train: bool = True) -> DataLoader:
+    """A DistributedSampler even for one process: its (seed, epoch) permutation makes resume exact."""
+    sampler = DistributedSampler(
+        dataset,
+        num_replicas=dist_info.world_size,
+        rank=dist_info.rank,
+        shuffle=train,
+        seed=config.train.seed,
+        drop_last=train,
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=config.data.num_workers,
+        drop_last=train,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+class DecodeFailures:
+    """Totals skipped (corrupt) files over workers and ranks; stops the run past the allowed fraction."""
+
+    # Judge the fraction only once enough files were tried, so one bad file early is not fatal.
+    MIN_ATTEMPTS = 100
+
+    def __init__(self, max_fraction: float):
+        self.max_fraction = max_fraction
+        self.failed = 0
+        self.attempted = 0
+
+    def update(self, num_failed: torch.Tensor) -> None:
+        counts = all_reduce_sum(torch.tensor([num_failed.sum().item(), num_failed.numel()], dtype=torch.float64))
+        self.failed += int(counts[0])
+        self.attempted += int(counts[0] + counts[1])
+
+    def check(self, final: bool = False) -> None:
+        if self.attempted == 0 or (self.attempted < self.MIN_ATTEMPTS and not final):
+            return
+        fraction = self.failed / self.attempted
+        if fraction > self.max_fraction:
+            raise RuntimeError(
+                f"{self.failed} of {self.attempted} files could not be decoded ({fraction:.1%} > "
+                f"data.max_failed_fraction={self.max_fraction:.1%}); the warnings above name them"
+            )
+
+
+def pretrain(config: Config, output: str | Path, resume: str | Path | None = None) -> dict[str, Any]:
+    """Pre-train `config.method` and return a summary (steps, first/last logged losses, paths)."""
+    output = Path(output)
+    device = resolve_device(config.train.device)
+    dist_info = init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        return _pretrain(config, output, resume, device, dist_info)
+    finally:
+        cleanup()
+
+
+def _pretrain(config: Config, output: Path, resume, device: torch.device, dist_info: DistInfo) -> dict[str, Any]:
+    dtype = resolve_precision(config.train.precision, device)
+    seed_everything(config.train.seed + dist_info.rank)
+    if not config.data.train:
+        raise ConfigError("data.train is not set: give a list file or an ImageFolder directory")
+    batch = per_rank_batch(config, dist_info.world_size)
+
+    method = build_method(config).to(device)
+    dataset = VideoDataset(config.data.train, build_view(config.data, train=True), backend=config.data.decoder)
+    loader = make_loader(dataset, config, dist_info, batch)
+    accum = config.train.accum_steps
+    steps_per_epoch = len(loader) // accum
+    if config.train.max_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, config.train.max_steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"data set {config.data.train} has {len(dataset)} samples, fewer than one global batch "
+            f"(train.batch_size={config.train.batch_size}); lower the batch size"
+        )
+    total_steps = steps_per_epoch * config.train.epochs
+    warmup_steps = config.train.warmup_epochs * steps_per_epoch
+    lr_peak = peak_lr(config)
+
+    optimizer = torch.optim.AdamW(
+        param_groups(method, config.train.weight_decay), lr=lr_peak, betas=tuple(config.train.betas)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist_info.enabled else method
+
+    output.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(output / "metrics.jsonl", enabled=dist_info.is_main)
+    start_epoch, step = 0, 0
+    if resume is not None:
+        state = load_checkpoint(resume)
+        check_resumable(config, config_from_dict(state["config"]), resume)
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step = state["epoch"], state["step"]
+        set_rng_states(state["rng"])
+        if dist_info.is_main:
+            truncate_metrics(metrics.path, step)
+    if dist_info.is_main:
+        save_config(config, output / "config.yaml")
+
+    failures = DecodeFailures(config.data.max_failed_fraction)
+    after_step = getattr(method, "after_step", None)
+    started = time.time()
+    last_terms: dict[str, float] = {}
+    for epoch in range(start_epoch, config.train.epochs):
+        model.train()
+        loader.sampler.set_epoch(epoch)
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.train.epochs}",
+                   disable=not dist_info.is_main, dynamic_ncols=True, leave=False)
+        batches = iter(loader)
+        for _ in range(steps_per_epoch):
+            lr = cosine_with_warmup(step, total_steps, warmup_steps, lr_peak, config.train.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            sums: dict[str, torch.Tensor] = {}
+            for micro in range(accum):
+                data = next(batches)
+                failures.update(data["num_failed"])
+                data = to_device(data, device)
+                # Skip DDP's gradient all-reduce on all but the last micro-batch.
+                sync = micro == accum - 1 or not dist_info.enabled
+                with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, dtype):
+                    out = model(data)
+                if not torch.isfinite(out.loss):
+                    raise FloatingPointError(
+                        f"loss is {out.loss.item()} at step {step} (epoch {epoch}); "
+                        f"the last checkpoint in {output} is intact. Try a lower lr or train.clip_grad"
+                    )
+                scaler.scale(out.loss / accum).backward()
+                for name, value in {"loss": out.loss.detach(), **out.terms}.items():
+                    sums[name] = sums.get(name, 0.0) + value.float() / accum
+            if config.train.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(method.parameters(), config.train.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if after_step is not None:
+                after_step(step, total_steps)
+            failures.check()
+
+            if step % config.train.log_every == 0 or step == total_steps or _ == steps_per_epoch - 1:
+                names = sorted(sums)
+                values = all_reduce_sum(torch.stack([sums[n] for n in names]).cpu()) / dist_info.world_size
+                last_terms = {n: float(v) for n, v in zip(names, values)}
+                metrics.write({"step": step, "epoch": epoch, **last_terms, "lr": lr,
+                               "time": round(time.time() - started, 2)})
+                bar.set_postfix(loss=f"{last_terms['loss']:.4f}", lr=f"{lr:.2e}")
+            bar.update(1)
+        bar.close()
+        failures.check(final=True)
+        if dist_info.is_main:
+            print(f"epoch {epoch + 1}/{config.train.epochs}  step {step}  "
+                  + "  ".join(f"{k} {v:.4f}" for k, v in last_terms.items())
+                  + f"  ({time.time() - started:.0f}s)", flush=True)
+        if (epoch + 1) % config.train.save_every == 0 or epoch + 1 == config.train.epochs:
+            if dist_info.is_main:
+                save_checkpoint(output / CHECKPOINT_NAME, {
+                    "model": method.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "rng": rng_states(),
+                    "config": config.to_dict(),
+                })
+                if config.train.keep_every > 0 and (epoch + 1) % config.train.keep_every == 0:
+                    shutil.copy2(output / CHECKPOINT_NAME, output / f"checkpoint-{epoch + 1:04d}.pt")
+            barrier()
+
+    summary = {"steps": step, "epochs": config.train.epochs, "output": str(output),
+               "failed_files": failures.failed, "seconds": round(time.time() - started, 1)}
+    if dist_info.is_main and (output / "metrics.jsonl").exists():
+        records = read_metrics(output / "metrics.jsonl")
+        summary["first"], summary["last"] = records[0], records[-1]
+        (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def check_resumable(config: Config, saved: Config, path) -> None:
+    """A resumed run must train the same model the same way; only its length may change."""
+    for section in ("model", "method"):
+        if getattr(config, section) != getattr(saved, section):
+            raise ConfigError(f"cannot resume from {path}: its {section} config differs from this run's")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after the checkpoint a crashed run is resumed from."""
+    if path.exists():
+        kept = [r for r in read_metrics(path) if r["step"] <= step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))

@@ -1,0 +1,60 @@
+"""Clips <-> patch vectors, and MAE / VideoMAE normalised-pixel targets.
+
+A clip `[B, C, T, H, W]` is cut into tubelets of (t, p, p) in the same time-major order
+as `PatchEmbed`'s tokens; each tubelet is flattened as (t, p, p, C).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def fill_tubelet(clip: torch.Tensor, tubelet: int) -> torch.Tensor:
+    """Repeat a clip shorter than the tubelet (an image is a one-frame clip) along time to fill it."""
+    frames = clip.shape[2]
+    if frames >= tubelet:
+        return clip
+    return clip.repeat_interleave(-(-tubelet // frames), dim=2)[:, :, :tubelet]
+
+
+def patchify(clip: torch.Tensor, patch: int, tubelet: int = 1) -> torch.Tensor:
+    """`[B, C, T, H, W]` -> `[B, N, t*p*p*C]`, N = T/t * H/p * W/p."""
+    clip = fill_tubelet(clip, tubelet)
+    b, c, t, h, w = clip.shape
+    x = clip.reshape(b, c, t // tubelet, tubelet, h // patch, patch, w // patch, patch)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # b, T', H', W', t, p, p, c
+    return x.reshape(b, (t // tubelet) * (h // patch) * (w // patch), tubelet * patch * patch * c)
+
+
+def unpatchify(
+    patches: torch.Tensor, grid: tuple[int, int, int], patch: int, tubelet: int = 1, channels: int = 3
+) -> torch.Tensor:
+    """Inverse of `patchify`: `[B, N, t*p*p*C]` with token grid (T', H', W') -> `[B, C, T'*t, H'*p, W'*p]`."""
+    gt, gh, gw = grid
+    b = patches.shape[0]
+    x = patches.reshape(b, gt, gh, gw, tubelet, patch, patch, channels)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # b, c, T', t, H', p, W', p
+    return x.reshape(b, channels, gt * tubelet, gh * patch, gw * patch)
+
+
+def normalized_pixel_targets(
+    patches: torch.Tensor, mode: str = "patch", channels: int = 3, eps: float = 1e-6
+) -> torch.Tensor:
+    """Per-patch normalised targets `[B, N, P]` from patch vectors.
+
+    mode "patch" (MAE): one mean and variance over the whole patch vector,
+    (x - mean) / sqrt(var + eps). mode "channel" (VideoMAE): mean and unbiased std per
+    colour channel over the tubelet's pixels, (x - mean) / (std + eps). "none": raw pixels.
+    """
+    if mode == "none":
+        return patches
+    if mode == "patch":
+        mean = patches.mean(dim=-1, keepdim=True)
+        var = patches.var(dim=-1, unbiased=False, keepdim=True)
+        return (patches - mean) / (var + eps).sqrt()
+    if mode == "channel":
+        b, n, p = patches.shape
+        x = patches.reshape(b, n, p // channels, channels)
+        x = (x - x.mean(dim=-2, keepdim=True)) / (x.std(dim=-2, unbiased=True, keepdim=True) + eps)
+        return x.reshape(b, n, p)
+    raise ValueError(f"unknown normalised-pixel mode {mode!r}; use 'patch', 'channel' or 'none'")

@@ -1,0 +1,53 @@
+"""Fixed sine-cosine position embeddings, separable in space and time.
+
+The tables are computed for whatever token grid the input has, so one encoder takes
+images (a grid of one time step), short clips and long clips, at any resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """Transformer sin-cos code of `positions` ([N], float) -> [N, dim] (sin half, cos half)."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dimension, got {dim}")
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega
+    angles = positions.double()[:, None] * omega[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def sincos_2d(dim: int, height: int, width: int) -> torch.Tensor:
+    """MAE's 2D table: half the channels code the row, half the column -> [height*width, dim]."""
+    if dim % 4:
+        raise ValueError(f"2D sin-cos embedding needs a dimension divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    # MAE's order: the first half encodes the column (w), the second the row (h).
+    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
+
+
+def split_space_time(dim: int) -> tuple[int, int]:
+    """Channels for (space, time): three quarters to space (a multiple of 4), the rest to time."""
+    space = (dim * 3 // 4) // 4 * 4
+    time = dim - space
+    if time % 2 or time == 0:
+        raise ValueError(f"embed dim {dim} cannot be split into space/time sin-cos tables")
+    return space, time
+
+
+def sincos_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Separable space-time table for a (T, H, W) token grid -> [T*H*W, dim], time-major.
+
+    Channels are split (see `split_space_time`): a 2D table over (H, W) and a 1D table
+    over T are concatenated, so every frame shares the spatial code and every position
+    in a frame shares the temporal code. An image (T = 1) gets the constant code of t = 0.
+    """
+    t, h, w = grid
+    space_dim, time_dim = split_space_time(dim)
+    space = sincos_2d(space_dim, h, w)  # [H*W, Ds]
+    time = sincos_1d(time_dim, torch.arange(t))  # [T, Dt]
+    return torch.cat(
+        [space[None].expand(t, -1, -1), time[:, None].expand(-1, h * w, -1)], dim=2
+    ).reshape(t * h * w, dim)

@@ -1,0 +1,223 @@
+"""Vision Transformer for images and videos, with timm's parameter names.
+
+An input is always a clip `[B, C, T, H, W]`; an image is a clip with T = 1. The patch
+embedding is a Conv3d with kernel (tubelet, patch, patch), so a tubelet of 1 gives
+image-style 2D patches and a tubelet of 2 gives VideoMAE's cubes. A clip shorter than
+the tubelet (an image fed to a video encoder) is repeated along time to fill it.
+
+Given the indices of the visible tokens, the encoder embeds every patch but runs the
+transformer only on the visible ones (MAE's asymmetric encoder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmae.models.patchify import fill_tubelet
+from cmae.models.pos_embed import sincos_3d
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a sample's residual branch with probability `rate`."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class DropPath(nn.Module):
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.rate, self.training)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through `scaled_dot_product_attention` (flash/efficient kernels on GPU)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N, d_head]
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Clip `[B, C, T, H, W]` -> tokens `[B, N, D]`, N = T/t * H/p * W/p, time-major order."""
+
+    def __init__(self, patch_size: int, tubelet_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.tubelet_size = tubelet_size
+        kernel = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+
+    def grid(self, shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
+        """Token grid (T', H', W') for an input shape `[B, C, T, H, W]` (after tubelet padding)."""
+        t, h, w = shape[-3:]
+        p, tub = self.patch_size, self.tubelet_size
+        if h % p or w % p:
+            raise ValueError(f"input {h}x{w} is not divisible by the patch size {p}")
+        t = max(t, tub)
+        if t % tub:
+            raise ValueError(f"{t} frames are not divisible by the tubelet size {tub}")
+        return t // tub, h // p, w // p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(fill_tubelet(x, self.tubelet_size)).flatten(2).transpose(1, 2)
+
+
+@lru_cache(maxsize=32)
+def _cached_sincos(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    return sincos_3d(dim, grid)
+
+
+def pos_embed_for(dim: int, grid: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
+    """[1, N, dim] fixed table on `like`'s device and dtype (cached per grid on CPU)."""
+    return _cached_sincos(dim, grid).to(device=like.device, dtype=like.dtype)[None]
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x `[B, N, D]`, index `[B, K]` -> `[B, K, D]`."""
+    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder. `forward(x, visible=None)` -> normed tokens `[B, (1+) K, D]`.
+
+    x: clip `[B, C, T, H, W]`; visible: `[B, K]` indices of tokens to keep (all when None).
+    With `cls_token=True` the class token leads the output sequence.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        in_chans: int = 3,
+        drop_path_rate: float = 0.0,
+        cls_token: bool = False,
+    ):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.patch_embed = PatchEmbed(patch_size, tubelet_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, rate) for rate in rates)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.apply(init_weights)
+        # MAE initialises the patch projection like a linear layer, not a conv.
+        nn.init.xavier_uniform_(self.patch_embed.proj.weight.view(embed_dim, -1))
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    @property
+    def patch_size(self) -> int:
+        return self.patch_embed.patch_size
+
+    @property
+    def tubelet_size(self) -> int:
+        return self.patch_embed.tubelet_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 0 if self.cls_token is None else 1
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens plus position code, `[B, N, D]` (no class token)."""
+        tokens = self.patch_embed(x)
+        return tokens + pos_embed_for(self.embed_dim, self.patch_embed.grid(x.shape), tokens)
+
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run the transformer on already-embedded tokens `[B, K, D]` (class token prepended here)."""
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)
+
+    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.embed(x)
+        if visible is not None:
+            tokens = gather_tokens(tokens, visible)
+        return self.forward_tokens(tokens)
+
+
+def init_weights(module: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform linears with zero bias, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+@dataclass(frozen=True)
+class ViTSize:
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_size: int
+
+
+# The paper sizes (patch 16) and small-patch variants for the tiny inputs of CPU demos and tests.
+VIT_PRESETS: dict[str, ViTSize] = {
+    "vit_tiny": ViTSize(192, 12, 3, 16),
+    "vit_small": ViTSize(384, 12, 6, 16),
+    "vit_base": ViTSize(768, 12, 12, 16),
+    "vit_large": ViTSize(1024, 24, 16, 16),
+    "vit_huge": ViTSize(1280, 32, 16, 14),
+    "vit_micro_p8": ViTSize(96, 4, 3, 8),
+    "vit_tiny_p8": ViTSize(192, 6, 3, 8),
+    "vit_small_p8": ViTSize(384, 12, 6, 8),
+    "vit_pico_p4": ViTSize(48, 2, 2, 4),
+}

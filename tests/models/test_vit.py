@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from cmae.config import ModelConfig
+from cmae.masking import tube_mask
+from cmae.models import build_encoder
+from cmae.models.decoder import PixelDecoder
+from cmae.models.vit import VisionTransformer
+
+
+def tiny_vit(**kw) -> VisionTransformer:
+    return VisionTransformer(embed_dim=48, depth=2, num_heads=2, patch_size=8, **kw)
+
+
+@pytest.mark.parametrize(
+    "shape, tubelet, tokens",
+    [((2, 3, 1, 32, 32), 1, 16), ((2, 3, 4, 32, 32), 2, 32), ((2, 3, 1, 32, 32), 2, 16), ((1, 3, 8, 16, 48), 2, 48)],
+)
+def test_encoder_shapes_for_images_and_clips(shape, tubelet, tokens):
+    vit = tiny_vit(tubelet_size=tubelet)
+    assert vit(torch.randn(shape)).shape == (shape[0], tokens, 48)
+
+
+def test_cls_token_leads():
+    vit = tiny_vit(tubelet_size=1, cls_token=True)
+    assert vit(torch.randn(2, 3, 1, 16, 16)).shape == (2, 5, 48)
+
+
+def test_encoder_runs_only_visible_tokens():
+    torch.manual_seed(0)
+    vit = tiny_vit(tubelet_size=2).eval()
+    clip = torch.randn(2, 3, 4, 32, 32)
+    mask = tube_mask(2, (2, 4, 4), 0.75)
+    out = vit(clip, mask.visible)
+    assert out.shape == (2, 8, 48)
+    # changing a masked patch's pixels changes nothing; changing a visible one does
+    masked_place = mask.masked[0].nonzero()[0].item() % 16
+    row, col = divmod(masked_place, 4)
+    edited = clip.clone()
+    edited[0, :, :, row * 8 : (row + 1) * 8, col * 8 : (col + 1) * 8] += 5
+    assert torch.allclose(vit(edited, mask.visible), out, atol=1e-5)
+    visible_place = mask.visible[0, 0].item() % 16
+    row, col = divmod(visible_place, 4)
+    edited[0, :, :, row * 8 : (row + 1) * 8, col * 8 : (col + 1) * 8] += 5
+    assert not torch.allclose(vit(edited, mask.visible)[0], out[0], atol=1e-3)
+
+
+def test_timm_parameter_names():
+    names = set(dict(tiny_vit(cls_token=True).named_parameters()))
+    for name in ["patch_embed.proj.weight", "cls_token", "blocks.0.attn.qkv.weight", "blocks.1.attn.proj.bias",
+                 "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.bias", "blocks.0.norm1.weight", "norm.weight"]:
+        assert name in names
+
+
+def test_presets_have_paper_sizes():
+    params = lambda name: sum(p.numel() for p in build_encoder(ModelConfig(name=name, tubelet_size=2)).parameters())
+    assert 85e6 < params("vit_base") < 88e6  # VideoMAE ViT-B: 87 M with the tubelet embedding
+    assert 21e6 < params("vit_small") < 23e6
+
+
+def test_drop_path_only_in_training():
+    vit = tiny_vit(tubelet_size=1, drop_path_rate=0.5)
+    x = torch.randn(4, 3, 1, 16, 16)
+    vit.eval()
+    assert torch.equal(vit(x), vit(x))
+    vit.train()
+    torch.manual_seed(0)
+    a = vit(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, vit(x))
+
+
+def test_decoder_places_visible_tokens_and_mask_tokens():
+    torch.manual_seed(0)
+    decoder = PixelDecoder(encoder_dim=48, patch_dim=12, embed_dim=32, depth=1, num_heads=2)
+    mask = tube_mask(2, (2, 2, 2), 0.5)
+    pred, hidden = decoder(torch.randn(2, 4, 48), mask.visible, (2, 2, 2))
+    assert pred.shape == (2, 8, 12) and hidden.shape == (2, 8, 32)
+
+
+def test_bad_input_size():
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        tiny_vit(tubelet_size=1)(torch.randn(1, 3, 1, 20, 16))

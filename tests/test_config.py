@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cmae.config import Config, ConfigError, config_from_dict, load_config, parse_override, save_config
+
+PRESETS = sorted(Path("configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=[str(p) for p in PRESETS])
+def test_every_preset_loads(path):
+    load_config(path)
+
+
+def test_overrides_are_typed():
+    config = load_config(None, ["train.epochs=3", "train.base_lr=1e-3", "data.crop_scale=[0.2, 1]",
+                                "data.hflip=false", "data.train=/x/train.txt", "train.warmup_epochs=5"])
+    assert config.train.epochs == 3 and config.train.base_lr == 1e-3
+    assert config.data.crop_scale == [0.2, 1.0] and config.data.hflip is False
+    assert config.data.train == "/x/train.txt"
+    assert config.train.warmup_epochs == 5.0 and isinstance(config.train.warmup_epochs, float)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trian.epochs=2", "unknown config key 'trian'"),
+        ("train.epoch=2", "unknown config key 'train.epoch'"),
+        ("train.epochs=two", "'train.epochs' expects int"),
+        ("train.epochs=2.5", "'train.epochs' expects int"),
+        ("data.hflip=3", "'data.hflip' expects bool"),
+        ("data.crop_scale=0.5", "'data.crop_scale' expects list"),
+        ("data.crop_scale=[a, 1]", r"'data.crop_scale\[0\]' expects float"),
+        ("train=3", "'train' is a section"),
+        ("train.epochs", "not of the form key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_file_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epocs: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'train.epocs'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_round_trip_through_yaml(tmp_path):
+    config = load_config("configs/demo/videomae.yaml", ["train.seed=7"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+    assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == config
+
+
+def test_parse_override_yaml_values():
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("a.b=") == ("a.b", "")
+    assert Config().train.betas == [0.9, 0.95]
