@@ -75,7 +75,7 @@ class VideoDataset(Dataset):
             try:
                 item = self.load(sample)
             except DecodeError as error:
-                warnings.warn(f"skipping undecodable file {sample.path}: {error}", stacklevel=2)
+                warnings.warn(f"skipping undecodable file ({error})", stacklevel=2)
                 continue
             item.update(label=sample.label, index=position, num_failed=attempt)
             return item

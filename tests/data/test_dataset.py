@@ -1,0 +1,45 @@
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from cmae.config import DataConfig
+from cmae.data.dataset import VideoDataset
+from cmae.data.views import ClipView
+
+
+def make_view():
+    return ClipView(DataConfig(num_frames=4, sampling_rate=1, image_size=32), train=True)
+
+
+def test_videos_and_images_mix_in_one_list(synth_dir, tmp_path):
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
+    first_video = (synth_dir / "train.txt").read_text().splitlines()[0].rsplit(" ", 1)[0]
+    (tmp_path / "list.txt").write_text(f"{synth_dir / first_video} 2\nred.png 5\n")
+    dataset = VideoDataset(tmp_path / "list.txt", make_view())
+    video, image = dataset[0], dataset[1]
+    assert video["video"].shape == image["video"].shape == (3, 4, 32, 32)
+    assert (video["label"], image["label"]) == (2, 5)
+    # an image is a still clip: every frame the same
+    assert torch.equal(image["video"], image["video"][:, :1].expand_as(image["video"]))
+    batch = torch.utils.data.default_collate([video, image])
+    assert batch["video"].shape == (2, 3, 4, 32, 32) and batch["num_failed"].tolist() == [0, 0]
+
+
+def test_corrupt_file_is_replaced_and_counted(synth_dir, tmp_path):
+    (tmp_path / "bad.mp4").write_bytes(os.urandom(500))
+    first_video = (synth_dir / "train.txt").read_text().splitlines()[0].rsplit(" ", 1)[0]
+    (tmp_path / "list.txt").write_text(f"bad.mp4 1\nmissing.mp4 1\n{synth_dir / first_video} 3\n")
+    dataset = VideoDataset(tmp_path / "list.txt", make_view())
+    with pytest.warns(UserWarning, match=r"bad.mp4") as record:
+        item = dataset[0]
+    assert any("missing.mp4" in str(w.message) for w in record)
+    assert item["num_failed"] == 2 and item["index"] == 2 and item["label"] == 3
+
+
+def test_all_corrupt_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.mp4").write_bytes(b"nope")
+    (tmp_path / "list.txt").write_text("bad.mp4 0\n")
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="could not be decoded"):
+        VideoDataset(tmp_path / "list.txt", make_view())[0]
