@@ -40,6 +40,10 @@ class DataConfig:
     decoder: str = "auto"  # auto | torchcodec | pyav
     num_workers: int = 2
     max_failed_fraction: float = 0.05  # stop the run when more of the decoded files than this are corrupt
+    # views=temporal_shift (CMAE-V): target clip = online clip shifted by delta ~ U{0..max_shift} frames
+    max_shift: int = 4
+    pixel_shift: int = 0  # max offset in pixels of the target's crop (CMAE's pixel shift: 31); 0 = same crop
+    target_color: bool = True  # colour jitter / grayscale / blur on the target clip only
 
 
 @dataclass
@@ -60,6 +64,16 @@ class MethodConfig:
     masking: str = "auto"  # auto (the method's own: tube for video methods) | tube | random
     mask_ratio: float = 0.9
     norm_pix: str = "channel"  # channel (VideoMAE) | patch (MAE) | none
+    # contrastive branch (cmae_v)
+    feature: str = "decoder"  # online feature: decoder (mean of all pixel-decoder states) | encoder (visible tokens)
+    proj_hidden: int = 1536
+    proj_dim: int = 256
+    pred_hidden: int = 1536
+    temperature: float = 0.07
+    con_weight: float = 1.0  # lambda_c in L = L_rec + lambda_c * L_con
+    con_scale_2tau: bool = False  # multiply InfoNCE by 2*tau, as CMAE's code does
+    momentum: float = 0.996  # EMA rate of the target encoder and projector
+    momentum_schedule: str = "constant"  # constant | cosine (from `momentum` to 1.0 over the run)
 
 
 @dataclass

@@ -56,3 +56,71 @@ def test_eval_view_is_deterministic_centre_crop():
     view = build_view(config, train=False)
     source = FakeSource(2, size=12)
     assert torch.equal(view(source)["video"], view(source)["video"])
+
+
+def shift_config(**kw):
+    values = dict(num_frames=4, sampling_rate=2, image_size=8, max_shift=3, mean=[0, 0, 0], std=[1, 1, 1])
+    return DataConfig(**{**values, **kw})
+
+
+def test_temporal_shift_stays_within_bound_and_shares_the_crop():
+    from cmae.data.views import TemporalShiftViews
+
+    view = TemporalShiftViews(shift_config(target_color=False))
+    torch.manual_seed(0)
+    shifts = set()
+    for _ in range(60):
+        out = view(FakeSource(30))
+        online = (out["video"][1, :, 0, 0] * 255).round()  # frame indices from the green channel
+        target = (out["target"][1, :, 0, 0] * 255).round()
+        assert torch.equal(target, (online + out["shift"]).clamp(max=29))  # clamped at the last frame
+        shifts.add(out["shift"])
+        # same crop and flip: the orientation mark agrees
+        assert torch.equal(out["video"][0] == 1.0, out["target"][0] == 1.0)
+    assert shifts == {0, 1, 2, 3}
+
+
+def test_temporal_shift_clamps_at_the_end_and_p0_gives_identical_clips():
+    from cmae.data.views import TemporalShiftViews
+
+    torch.manual_seed(0)
+    out = TemporalShiftViews(shift_config(max_shift=0, target_color=False))(FakeSource(30))
+    assert out["shift"] == 0 and torch.equal(out["video"], out["target"])
+    out = TemporalShiftViews(shift_config(max_shift=50, target_color=False))(FakeSource(7))
+    assert (out["target"][1, :, 0, 0] * 255).round().max() <= 6
+
+
+def test_colour_goes_to_the_target_only_and_is_the_same_for_all_frames():
+    from cmae.data.views import TemporalShiftViews
+
+    class Still(FakeSource):
+        def get_frames(self, indices):
+            generator = torch.Generator().manual_seed(7)
+            frame = torch.randint(0, 256, (1, 3, self.size, self.size), dtype=torch.uint8, generator=generator)
+            return frame.expand(len(indices), -1, -1, -1).clone()
+
+    view = TemporalShiftViews(shift_config(max_shift=0))
+    torch.manual_seed(3)
+    changed = 0
+    for _ in range(10):
+        out = view(Still(30))
+        online, target = out["video"], out["target"]
+        assert torch.equal(online, online[:, :1].expand_as(online))  # untouched still clip
+        assert torch.allclose(target, target[:, :1].expand_as(target))  # one colour draw per clip
+        changed += not torch.allclose(online, target)
+    assert changed >= 5
+
+
+def test_pixel_shift_moves_the_target_crop():
+    from cmae.data.views import TemporalShiftViews
+
+    view = TemporalShiftViews(shift_config(max_shift=0, target_color=False, pixel_shift=3, crop_scale=[0.2, 0.3],
+                                           hflip=False))
+
+    class Ramp(FakeSource):
+        def get_frames(self, indices):
+            ramp = torch.arange(self.size, dtype=torch.uint8) * 8
+            return ramp.expand(len(indices), 3, self.size, self.size).clone()
+
+    torch.manual_seed(0)
+    assert any(not torch.equal(o["video"], o["target"]) for o in (view(Ramp(30, size=32)) for _ in range(10)))

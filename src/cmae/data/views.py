@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Protocol, Sequence
 
 import torch
+from torchvision import transforms as v1_transforms
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -58,9 +59,14 @@ def spatial_transform(config: DataConfig, train: bool) -> v2.Compose:
     return v2.Compose([*geometric, v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
 
 
+def as_clip(video: torch.Tensor) -> torch.Tensor:
+    """A (transformed) `Video` `[T, C, H, W]` -> plain clip tensor `[C, T, H, W]`."""
+    return video.as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous()
+
+
 def to_clip(frames: torch.Tensor, transform: Callable) -> torch.Tensor:
     """uint8 frames `[T, C, H, W]` -> transformed float clip `[C, T, H, W]`."""
-    return transform(tv_tensors.Video(frames)).as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous()
+    return as_clip(transform(tv_tensors.Video(frames)))
 
 
 class ClipView:
@@ -76,8 +82,65 @@ class ClipView:
         return {"video": to_clip(frames, self.transform)}
 
 
+def color_augmentation(image_size: int) -> v2.Compose:
+    """CMAE's target-view colour recipe, drawn once per clip: jitter (0.4, 0.4, 0.4, 0.1)
+    with p 0.8, grayscale p 0.2, Gaussian blur sigma in [0.1, 2] with p 0.5 (kernel ~10 %
+    of the image side, BYOL's 23 px at 224)."""
+    kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
+    return v2.Compose([
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
+    ])
+
+
+def shifted_box(box: tuple[int, int, int, int], max_shift: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """CMAE's pixel shift: move a (top, left, h, w) crop by up to `max_shift` px, kept inside the frame."""
+    top, left, h, w = box
+    top = min(max(top + randint(-max_shift, max_shift), 0), height - h)
+    left = min(max(left + randint(-max_shift, max_shift), 0), width - w)
+    return top, left, h, w
+
+
+class TemporalShiftViews:
+    """CMAE-V's temporal shift (§3) -> {"video": online, "target": target, "shift": delta}.
+
+    The online clip has frames t1 + k*r, the target t1 + k*r + delta with delta ~ U{0..p}
+    (`data.max_shift`), clamped at the video's last frame. Both share one random resized
+    crop and flip (optionally CMAE's pixel shift moves the target's crop by up to
+    `data.pixel_shift` px); colour augmentation, the same for all its frames, goes to the
+    target only. Clips are `[C, T, H, W]`.
+    """
+
+    def __init__(self, config: DataConfig, train: bool = True):
+        self.num_frames, self.rate = config.num_frames, config.sampling_rate
+        self.max_shift, self.pixel_shift = config.max_shift, config.pixel_shift
+        self.size, self.hflip = config.image_size, config.hflip
+        self.crop = v1_transforms.RandomResizedCrop(config.image_size, tuple(config.crop_scale), tuple(config.crop_ratio))
+        self.color = color_augmentation(config.image_size) if config.target_color else v2.Identity()
+        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
+
+    def crop_and_flip(self, frames: torch.Tensor, box: tuple[int, int, int, int], flip: bool) -> torch.Tensor:
+        video = v2.functional.resized_crop(tv_tensors.Video(frames), *box, [self.size, self.size], antialias=True)
+        return v2.functional.horizontal_flip(video) if flip else video
+
+    def __call__(self, source: FrameSource) -> dict[str, torch.Tensor | int]:
+        online = clip_indices(source.num_frames, self.num_frames, self.rate)
+        shift = randint(0, self.max_shift)
+        target = [min(index + shift, source.num_frames - 1) for index in online]
+        frames = source.get_frames(online + target)  # one decode for both clips
+        online_frames, target_frames = frames[: self.num_frames], frames[self.num_frames :]
+        box = self.crop.get_params(online_frames, self.crop.scale, self.crop.ratio)
+        target_box = shifted_box(box, self.pixel_shift, *frames.shape[-2:]) if self.pixel_shift else box
+        flip = self.hflip and randint(0, 1) == 1
+        online_clip = self.normalize(self.crop_and_flip(online_frames, box, flip))
+        target_clip = self.normalize(self.color(self.crop_and_flip(target_frames, target_box, flip)))
+        return {"video": as_clip(online_clip), "target": as_clip(target_clip), "shift": shift}
+
+
 VIEWS: dict[str, Callable[[DataConfig, bool], Callable[[FrameSource], dict[str, torch.Tensor]]]] = {
     "clip": ClipView,
+    "temporal_shift": TemporalShiftViews,
 }
 
 

@@ -6,12 +6,14 @@ from torch import nn
 
 from cmae.config import Config, ConfigError
 from cmae.methods.base import MethodOutput
+from cmae.methods.cmae_v import CMAEV
 from cmae.methods.mae import MAE
 from cmae.methods.videomae import VideoMAE
 
 METHODS: dict[str, type[nn.Module]] = {
     "mae": MAE,
     "videomae": VideoMAE,
+    "cmae_v": CMAEV,
 }
 
 __all__ = ["METHODS", "MethodOutput", "build_method"]

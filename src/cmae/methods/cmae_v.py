@@ -1,0 +1,105 @@
+"""CMAE-V (Lu et al. 2022): CMAE for video, with temporal shift instead of pixel shift.
+
+Online branch: tube-masked clip -> ViT encoder (visible tokens) -> pixel decoder ->
+`loss_rec`; the mean of the decoder's last hidden states over all N tokens (visible and
+mask tokens alike, as CMAE's feature decoder, eq. 2) -> projector -> predictor.
+Target branch: an EMA copy of the encoder and projector, no gradient, on the full,
+temporally shifted, colour-augmented clip; mean over its patch tokens (eq. 3) ->
+target projector. `loss_con` is InfoNCE (eq. 5) against the global batch, and
+L = L_rec + lambda_c * L_con (eq. 8).
+
+The pixel decoder is narrower than the encoder, so with `method.feature=decoder` a
+linear layer maps the pooled decoder state to the encoder width; that keeps the
+projector's input the encoder's feature space, which is what lets the target projector
+be an EMA copy of the online one. `method.feature=encoder` pools the encoder's visible
+tokens instead (no extra layer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from cmae.config import Config, ConfigError
+from cmae.losses import global_info_nce
+from cmae.methods.base import MethodOutput, require_views
+from cmae.methods.mae import Reconstruction
+from cmae.methods.videomae import VideoMAE
+from cmae.models import build_encoder
+from cmae.models.heads import MLPHead, mean_pool
+
+
+def momentum_at(step: int, total_steps: int, base: float, schedule: str) -> float:
+    """EMA rate after `step` optimiser steps: constant, or BYOL's cosine from `base` to 1."""
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)) + 1) / 2
+    raise ConfigError(f"unknown method.momentum_schedule {schedule!r}; use constant or cosine")
+
+
+class CMAEV(VideoMAE):
+    views = ("video", "target")
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        m = config.method
+        if m.feature not in ("decoder", "encoder"):
+            raise ConfigError(f"unknown method.feature {m.feature!r}; use decoder or encoder")
+        momentum_at(0, 1, m.momentum, m.momentum_schedule)  # reject a bad schedule name at start
+        self.feature = m.feature
+        self.temperature = m.temperature
+        self.con_weight = m.con_weight
+        self.con_scale = 2 * m.temperature if m.con_scale_2tau else 1.0
+        self.momentum, self.momentum_schedule = m.momentum, m.momentum_schedule
+        width = self.encoder.embed_dim
+        self.feature_proj = nn.Linear(config.model.decoder_dim, width) if m.feature == "decoder" else nn.Identity()
+        self.projector = MLPHead(width, [m.proj_hidden], m.proj_dim)
+        self.predictor = MLPHead(m.proj_dim, [m.pred_hidden], m.proj_dim)
+        # The target encoder has no stochastic depth: it is a teacher, not trained by gradient.
+        self.target_encoder = build_encoder(dataclasses.replace(config.model, drop_path=0.0))
+        self.target_projector = MLPHead(width, [m.proj_hidden], m.proj_dim)
+        for online, target in self.ema_pairs():
+            target.load_state_dict(online.state_dict())
+            target.requires_grad_(False)
+        self.register_buffer("current_momentum", torch.tensor(float(m.momentum)))
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
+
+    def online_feature(self, rec: Reconstruction) -> torch.Tensor:
+        """`[B, D_enc]` pooled online feature (see module docstring)."""
+        if self.feature == "decoder":
+            return self.feature_proj(mean_pool(rec.hidden))
+        return mean_pool(rec.latent[:, self.encoder.num_prefix_tokens :])
+
+    @torch.no_grad()
+    def target_embedding(self, clip: torch.Tensor) -> torch.Tensor:
+        """Full (unmasked) target clip -> `[B, proj_dim]`."""
+        tokens = self.target_encoder(clip)
+        return self.target_projector(mean_pool(tokens[:, self.target_encoder.num_prefix_tokens :]))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
+        require_views(batch, self.views, "cmae_v")
+        rec = self.reconstruct(batch["video"])
+        query = self.predictor(self.projector(self.online_feature(rec)))
+        key = self.target_embedding(batch["target"])
+        loss_con = self.con_scale * global_info_nce(query, key, self.temperature)
+        loss = rec.loss + self.con_weight * loss_con
+        return MethodOutput(loss, {
+            "loss_rec": rec.loss.detach(), "loss_con": loss_con.detach(), "momentum": self.current_momentum.clone(),
+        })
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """EMA update after each optimiser step: target = m * target + (1 - m) * online."""
+        m = momentum_at(step, total_steps, self.momentum, self.momentum_schedule)
+        for online, target in self.ema_pairs():
+            for p_online, p_target in zip(online.parameters(), target.parameters()):
+                p_target.lerp_(p_online.detach(), 1.0 - m)
+            for b_online, b_target in zip(online.buffers(), target.buffers()):
+                b_target.copy_(b_online)  # BatchNorm statistics follow the online head
+        self.current_momentum.fill_(m)
