@@ -78,7 +78,7 @@ class ClipParams:
     size: int
     obj: Sprite
     distractors: list[Sprite] = field(default_factory=list)
-    texture: np.ndarray | None = None  # [S*h, S*w, 3] uint8 background, larger than a frame
+    texture: np.ndarray | None = None  # [h, w, 3] uint8 background at 2x resolution, larger than a frame
     bg_offset: np.ndarray | None = None  # [T, 2] top-left (x, y) of the frame in the texture, pixels
 
     @property
