@@ -171,7 +171,7 @@ def _pretrain(config: Config, output: Path, resume, device: torch.device, dist_i
         model.train()
         loader.sampler.set_epoch(epoch)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.train.epochs}",
-                   disable=not dist_info.is_main, dynamic_ncols=True, leave=False)
+                   disable=None if dist_info.is_main else True, dynamic_ncols=True, leave=False)
         batches = iter(loader)
         for _ in range(steps_per_epoch):
             lr = cosine_with_warmup(step, total_steps, warmup_steps, lr_peak, config.train.min_lr)
