@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cmae.losses import global_info_nce, info_nce, reconstruction_loss
+from cmae.losses import global_info_nce, info_nce, reconstruction_loss, simsiam_loss, symmetric_info_nce, vicreg_terms
 
 
 def test_reconstruction_loss_by_hand():
@@ -75,3 +75,71 @@ def test_two_process_gather_matches_one_process():
     grads = torch.cat([results[0][1], results[1][1]])
     assert torch.allclose(grads, full_query.grad, atol=1e-6)
     assert grads.abs().sum() > 0
+
+
+def test_symmetric_info_nce_by_hand():
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z2 = torch.tensor([[1.0, 1.0], [-1.0, 1.0]])
+    tau = 0.5
+    s = 1 / math.sqrt(2)
+    # anchors [a0, a1, b0, b1] with a = z1, b = normalised z2; candidates exclude the anchor itself
+    sim = {("a0", "a1"): 0.0, ("a0", "b0"): s, ("a0", "b1"): -s, ("a1", "b0"): s, ("a1", "b1"): s,
+           ("b0", "b1"): 0.0}
+    sim.update({(k[1], k[0]): v for k, v in list(sim.items())})
+    names = ["a0", "a1", "b0", "b1"]
+    positive = {"a0": "b0", "a1": "b1", "b0": "a0", "b1": "a1"}
+    total = 0.0
+    for anchor in names:
+        denominator = sum(math.exp(sim[(anchor, other)] / tau) for other in names if other != anchor)
+        total += -math.log(math.exp(sim[(anchor, positive[anchor])] / tau) / denominator)
+    assert math.isclose(symmetric_info_nce(z1, z2, tau).item(), total / 4, rel_tol=1e-6)
+
+
+def _symmetric_worker(rank, world, port, z1, z2, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    half = z1.shape[0] // world
+    a = z1[rank * half : (rank + 1) * half].clone().requires_grad_(True)
+    b = z2[rank * half : (rank + 1) * half].clone().requires_grad_(True)
+    loss = symmetric_info_nce(a, b, 0.2)
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    out[rank] = (total.item() / world, a.grad / world, b.grad / world)
+    dist.destroy_process_group()
+
+
+def test_symmetric_info_nce_two_processes_match_one():
+    """Gathering with gradient: same loss and same gradients as one process with the whole batch."""
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(6, 8), torch.randn(6, 8)
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    full = symmetric_info_nce(a, b, 0.2)
+    full.backward()
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_symmetric_worker, args=(2, free_port(), z1, z2, out), nprocs=2, join=True)
+        results = dict(out)
+    assert math.isclose(results[0][0], full.item(), rel_tol=1e-5)
+    assert torch.allclose(torch.cat([results[0][1], results[1][1]]), a.grad, atol=1e-6)
+    assert torch.allclose(torch.cat([results[0][2], results[1][2]]), b.grad, atol=1e-6)
+
+
+def test_simsiam_stops_the_target_gradient():
+    p = torch.randn(4, 8, requires_grad=True)
+    z = torch.randn(4, 8, requires_grad=True)
+    loss = simsiam_loss(p, z)
+    loss.backward()
+    assert z.grad is None and p.grad.abs().sum() > 0
+    assert math.isclose(simsiam_loss(z, z).item(), 0.0, abs_tol=1e-6)
+
+
+def test_vicreg_terms_by_hand():
+    p = torch.tensor([[0.0, 2.0], [2.0, 0.0]])
+    z = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
+    terms = vicreg_terms(p, z, eps=0.0)
+    assert math.isclose(terms["invariance"].item(), (0 + 4 + 0 + 4) / 4)
+    # p: per-dim var (unbiased) = 2 -> std sqrt2 > 1, no hinge; z: var 2 likewise
+    assert math.isclose(terms["variance"].item(), 0.0, abs_tol=1e-6)
+    # cov(p) off-diagonal = -2, cov(z) off-diagonal = +2: (2 * 4) / 2 per matrix
+    assert math.isclose(terms["covariance"].item(), 8.0, rel_tol=1e-6)

@@ -44,6 +44,13 @@ class DataConfig:
     max_shift: int = 4
     pixel_shift: int = 0  # max offset in pixels of the target's crop (CMAE's pixel shift: 31); 0 = same crop
     target_color: bool = True  # colour jitter / grayscale / blur on the target clip only
+    # views=frame_pair (ViC-MAE and the MAE+SimSiam / MAE+VICReg baselines)
+    pair_sampling: str = "distant"  # distant (one frame from each half) | continuous (second frame in (i, i+gap])
+    frame_gap: int = 4  # continuous sampling's delta; 0 gives the same frame twice
+    video_color: bool = False  # the strong colour recipe on video frames too (ViC-MAE appendix B.2)
+    solarize: bool = False  # solarisation on an image's second view (the released code)
+    train_images: str = ""  # ImageFolder tree or image list mixed into data.train (joint image + video)
+    image_ratio: float = 0.0  # fraction of each epoch's samples drawn from train_images; 0 keeps both as they are
 
 
 @dataclass
@@ -74,6 +81,12 @@ class MethodConfig:
     con_scale_2tau: bool = False  # multiply InfoNCE by 2*tau, as CMAE's code does
     momentum: float = 0.996  # EMA rate of the target encoder and projector
     momentum_schedule: str = "constant"  # constant | cosine (from `momentum` to 1.0 over the run)
+    # two-view methods (vic_mae, mae_simsiam, mae_vicreg)
+    pooling: str = "mean"  # vic_mae's token pooling: mean | max | gem (learnable p)
+    projector: str = "paper"  # vic_mae: paper (D -> 2D, 2D, 2D; appendix A) | released (D -> 4096 -> 128)
+    rec_views: str = "both"  # reconstruct both views (averaged) | first (Algorithm 1)
+    con_start_epoch: float = 0.0  # lambda is 0 before this epoch, then con_weight (ViC-MAE: 200 of 800)
+    vicreg_weights: list[float] = field(default_factory=lambda: [25.0, 25.0, 1.0])  # invariance, variance, covariance
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cmae.engine.distributed import gather_no_grad, rank_and_world
+from cmae.engine.distributed import gather_no_grad, gather_with_grad, rank_and_world
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
@@ -48,3 +48,51 @@ def global_info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float)
     all_keys = gather_no_grad(keys.detach())
     labels = torch.arange(query.shape[0], device=query.device) + query.shape[0] * rank
     return info_nce(query, all_keys, temperature, labels)
+
+
+def symmetric_info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """ViC-MAE eq. 3, symmetrised (SimCLR's NT-Xent) over the **global** batch.
+
+    z1, z2: `[B, D]` this rank's embeddings of the two views. Every embedding of both
+    views from every rank is a candidate; for an anchor the positive is its own other
+    view, found by global index (`rank * B + i`), and every other sample of both views is
+    a negative (2(N-1) of them for a global batch N); the anchor itself is excluded. The
+    candidates are gathered **with** gradient, so under DDP's gradient mean the result
+    matches one process holding the whole batch. Mean over the 2B local anchors.
+    """
+    rank, world = rank_and_world()
+    b = z1.shape[0]
+    z1, z2 = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
+    keys = torch.cat([gather_with_grad(z1), gather_with_grad(z2)])  # [2 * W * B, D]
+    queries = torch.cat([z1, z2])  # [2B, D]
+    logits = queries @ keys.T / temperature
+    own = torch.arange(b, device=z1.device) + rank * b
+    self_index = torch.cat([own, own + world * b])
+    positive_index = torch.cat([own + world * b, own])
+    logits[torch.arange(2 * b, device=z1.device), self_index] = float("-inf")
+    return F.cross_entropy(logits, positive_index)
+
+
+def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's negative-cosine term 2(1 - p.z) of eq. 4, with the stop-gradient on z."""
+    return 2 - 2 * (F.normalize(p.float(), dim=-1) * F.normalize(z.detach().float(), dim=-1)).sum(-1).mean()
+
+
+def vicreg_terms(p: torch.Tensor, z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> dict[str, torch.Tensor]:
+    """VICReg's invariance, variance and covariance terms (ViC-MAE appendix B eqs. 5-7).
+
+    p, z: `[B, D]` this rank's embeddings; the variance and covariance statistics are
+    taken over the global batch (gathered with gradient, as VICReg's code does).
+    invariance = mean squared distance; variance = v(P) + v(Z), v = mean over dims of
+    max(0, gamma - sqrt(Var + eps)); covariance = c(P) + c(Z), c = sum of squared
+    off-diagonal covariances / D.
+    """
+    invariance = F.mse_loss(p.float(), z.float())
+    variance, covariance = p.new_zeros((), dtype=torch.float32), p.new_zeros((), dtype=torch.float32)
+    for x in (gather_with_grad(p.float()), gather_with_grad(z.float())):
+        x = x - x.mean(dim=0)
+        variance = variance + F.relu(gamma - torch.sqrt(x.var(dim=0) + eps)).mean()
+        cov = x.T @ x / (x.shape[0] - 1)
+        off_diagonal = cov - torch.diag(torch.diag(cov))
+        covariance = covariance + off_diagonal.pow(2).sum() / x.shape[1]
+    return {"invariance": invariance, "variance": variance, "covariance": covariance}

@@ -124,3 +124,35 @@ def test_pixel_shift_moves_the_target_crop():
 
     torch.manual_seed(0)
     assert any(not torch.equal(o["video"], o["target"]) for o in (view(Ramp(30, size=32)) for _ in range(10)))
+
+
+def test_distant_and_continuous_pair_sampling():
+    from cmae.data.views import frame_pair_indices
+
+    torch.manual_seed(0)
+    for _ in range(200):
+        first, second = frame_pair_indices(31, "distant", 0)
+        assert 0 <= first < 15 <= second < 31  # one frame from each half
+        first, second = frame_pair_indices(31, "continuous", 3)
+        assert first < second <= first + 3
+    for _ in range(20):
+        first, second = frame_pair_indices(20, "continuous", 0)
+        assert first == second
+
+
+def test_frame_pair_views_for_videos_and_images():
+    from cmae.data.dataset import ImageSource
+    from cmae.data.views import FramePairViews
+
+    config = DataConfig(num_frames=1, image_size=8, views="frame_pair", pair_sampling="continuous", frame_gap=0,
+                        crop_scale=[1.0, 1.0], crop_ratio=[1.0, 1.0], hflip=False, mean=[0, 0, 0], std=[1, 1, 1])
+    out = FramePairViews(config)(FakeSource(30))
+    assert out["view1"].shape == out["view2"].shape == (3, 1, 8, 8)
+    assert torch.equal(out["view1"], out["view2"])  # gap 0, no random crop or flip: the same frame
+
+    class Image1(FakeSource):
+        is_image = True
+
+    torch.manual_seed(0)
+    outs = [FramePairViews(config)(Image1(1)) for _ in range(5)]
+    assert any(not torch.allclose(o["view1"], o["view2"]) for o in outs)  # colour recipe on images

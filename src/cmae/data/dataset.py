@@ -21,6 +21,7 @@ class ImageSource:
 
     num_frames = 1
     fps = 0.0
+    is_image = True
 
     def __init__(self, path: Path):
         self.path = path

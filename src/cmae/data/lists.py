@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,3 +64,19 @@ def read_samples(source: str | Path) -> list[Sample]:
     if source.is_dir():
         return scan_image_folder(source)[0]
     return read_list(source)
+
+
+def mix_samples(videos: list[Sample], images: list[Sample], image_ratio: float, seed: int = 0) -> list[Sample]:
+    """Joint image + video training set in which images make up `image_ratio` of the samples.
+
+    The image set is cycled (a seeded permutation, repeated as needed) or cut to
+    round(ratio / (1 - ratio) * len(videos)) samples, as ViC-MAE replicates whole data
+    sets to vary the ratio; ratio 0 simply concatenates both.
+    """
+    if not 0.0 <= image_ratio < 1.0:
+        raise ValueError(f"data.image_ratio must lie in [0, 1), got {image_ratio}")
+    if image_ratio == 0.0 or not images:
+        return videos + images
+    count = round(image_ratio / (1.0 - image_ratio) * len(videos))
+    order = random.Random(seed).sample(range(len(images)), len(images))
+    return videos + [images[order[k % len(images)]] for k in range(count)]

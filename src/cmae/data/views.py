@@ -138,9 +138,57 @@ class TemporalShiftViews:
         return {"video": as_clip(online_clip), "target": as_clip(target_clip), "shift": shift}
 
 
+def frame_pair_indices(num_frames: int, sampling: str, gap: int) -> tuple[int, int]:
+    """Two frame indices of a video, ViC-MAE §5.4.
+
+    distant: split the video into 2 equal segments and draw one frame from each.
+    continuous: a start i, then a second frame in (i, i + gap] (gap 0: the same frame).
+    """
+    if sampling == "distant":
+        middle = max(1, num_frames // 2)
+        return randint(0, middle - 1), randint(min(middle, num_frames - 1), num_frames - 1)
+    if sampling == "continuous":
+        first = randint(0, max(0, num_frames - 1 - gap))
+        second = first + randint(1, gap) if gap > 0 else first
+        return first, min(second, num_frames - 1)
+    raise ConfigError(f"unknown data.pair_sampling {sampling!r}; use distant or continuous")
+
+
+class FramePairViews:
+    """ViC-MAE's views -> {"view1": [C, 1, H, W], "view2": [C, 1, H, W]}.
+
+    A video gives two frames (`data.pair_sampling`), each with its own random resized
+    crop and flip (colour too with `data.video_color`); an image gives two independent
+    strong augmentations (crop, flip, colour jitter, grayscale, blur; solarisation on the
+    second with `data.solarize`, as in the released code).
+    """
+
+    def __init__(self, config: DataConfig, train: bool = True):
+        frame_pair_indices(2, config.pair_sampling, config.frame_gap)  # reject a bad name at start
+        self.sampling, self.gap = config.pair_sampling, config.frame_gap
+        spatial = [v2.RandomResizedCrop(config.image_size, scale=tuple(config.crop_scale), ratio=tuple(config.crop_ratio))]
+        if config.hflip:
+            spatial.append(v2.RandomHorizontalFlip())
+        color = [color_augmentation(config.image_size)]
+        normalize = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)]
+        solarize = [v2.RandomSolarize(threshold=128, p=0.2)] if config.solarize else []
+        self.video_transform = v2.Compose(spatial + (color if config.video_color else []) + normalize)
+        self.image_transforms = (v2.Compose(spatial + color + normalize),
+                                 v2.Compose(spatial + color + solarize + normalize))
+
+    def __call__(self, source: FrameSource) -> dict[str, torch.Tensor]:
+        if getattr(source, "is_image", False):
+            frame = source.get_frames([0])
+            return {"view1": to_clip(frame, self.image_transforms[0]), "view2": to_clip(frame, self.image_transforms[1])}
+        first, second = frame_pair_indices(source.num_frames, self.sampling, self.gap)
+        frames = source.get_frames([first, second])
+        return {"view1": to_clip(frames[:1], self.video_transform), "view2": to_clip(frames[1:], self.video_transform)}
+
+
 VIEWS: dict[str, Callable[[DataConfig, bool], Callable[[FrameSource], dict[str, torch.Tensor]]]] = {
     "clip": ClipView,
     "temporal_shift": TemporalShiftViews,
+    "frame_pair": FramePairViews,
 }
 
 

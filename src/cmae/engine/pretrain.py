@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from cmae.config import Config, ConfigError, config_from_dict, save_config
 from cmae.data.dataset import VideoDataset
+from cmae.data.lists import Sample, mix_samples, read_samples
 from cmae.data.views import build_view
 from cmae.engine.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from cmae.engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
@@ -103,6 +104,18 @@ class DecodeFailures:
             )
 
 
+def training_samples(config: Config) -> list[Sample]:
+    """data.train, with data.train_images mixed in at data.image_ratio when given."""
+    samples = read_samples(config.data.train)
+    if config.data.train_images:
+        try:
+            samples = mix_samples(samples, read_samples(config.data.train_images), config.data.image_ratio,
+                                  config.train.seed)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    return samples
+
+
 def pretrain(config: Config, output: str | Path, resume: str | Path | None = None) -> dict[str, Any]:
     """Pre-train `config.method` and return a summary (steps, first/last logged losses, paths)."""
     output = Path(output)
@@ -125,7 +138,7 @@ def _pretrain(config: Config, output: Path, resume, device: torch.device, dist_i
     batch = per_rank_batch(config, dist_info.world_size)
 
     method = build_method(config).to(device)
-    dataset = VideoDataset(config.data.train, build_view(config.data, train=True), backend=config.data.decoder)
+    dataset = VideoDataset(training_samples(config), build_view(config.data, train=True), backend=config.data.decoder)
     loader = make_loader(dataset, config, dist_info, batch)
     accum = config.train.accum_steps
     steps_per_epoch = len(loader) // accum
@@ -164,6 +177,9 @@ def _pretrain(config: Config, output: Path, resume, device: torch.device, dist_i
         save_config(config, output / "config.yaml")
 
     failures = DecodeFailures(config.data.max_failed_fraction)
+    # Optional method hooks: set_epoch(fractional epoch) before a step (loss-weight schedules),
+    # after_step(step, total_steps) after the optimiser step (EMA targets).
+    set_epoch = getattr(method, "set_epoch", None)
     after_step = getattr(method, "after_step", None)
     started = time.time()
     last_terms: dict[str, float] = {}
@@ -175,6 +191,8 @@ def _pretrain(config: Config, output: Path, resume, device: torch.device, dist_i
         batches = iter(loader)
         for _ in range(steps_per_epoch):
             lr = cosine_with_warmup(step, total_steps, warmup_steps, lr_peak, config.train.min_lr)
+            if set_epoch is not None:
+                set_epoch(step / steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             sums: dict[str, torch.Tensor] = {}

@@ -8,12 +8,18 @@ from cmae.config import Config, ConfigError
 from cmae.methods.base import MethodOutput
 from cmae.methods.cmae_v import CMAEV
 from cmae.methods.mae import MAE
+from cmae.methods.mae_simsiam import MAESimSiam
+from cmae.methods.mae_vicreg import MAEVICReg
+from cmae.methods.vic_mae import ViCMAE
 from cmae.methods.videomae import VideoMAE
 
 METHODS: dict[str, type[nn.Module]] = {
     "mae": MAE,
     "videomae": VideoMAE,
     "cmae_v": CMAEV,
+    "vic_mae": ViCMAE,
+    "mae_simsiam": MAESimSiam,
+    "mae_vicreg": MAEVICReg,
 }
 
 __all__ = ["METHODS", "MethodOutput", "build_method"]

@@ -1,0 +1,64 @@
+"""The siamese MAE that ViC-MAE and the MAE+SimSiam / MAE+VICReg baselines share.
+
+Two single-frame views `[B, C, 1, H, W]` of one video (or two augmentations of one
+image) go through one encoder with shared weights, each with its own random mask; the
+pixel decoder reconstructs both (averaged) or only the first (Algorithm 1). A subclass
+says how the encoder tokens become a global feature and which loss ties the two
+views; the weight lambda of that loss follows a step schedule in epochs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cmae.config import Config, ConfigError
+from cmae.methods.base import MethodOutput, require_views
+from cmae.methods.mae import MAE
+
+
+class TwoViewMAE(MAE):
+    default_masking = "random"
+    views = ("view1", "view2")
+    name = "two_view"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        m = config.method
+        if m.rec_views not in ("both", "first"):
+            raise ConfigError(f"unknown method.rec_views {m.rec_views!r}; use both or first")
+        self.rec_views = m.rec_views
+        self.con_weight, self.con_start_epoch = m.con_weight, m.con_start_epoch
+        self.register_buffer("current_con_weight", torch.tensor(self.weight_at(0.0)))
+
+    def weight_at(self, epoch: float) -> float:
+        """lambda: 0 before `con_start_epoch`, then `con_weight` (ViC-MAE Table 5)."""
+        return self.con_weight if epoch >= self.con_start_epoch else 0.0
+
+    def set_epoch(self, epoch: float) -> None:
+        """Called by the engine before each step with the fractional epoch."""
+        self.current_con_weight.fill_(self.weight_at(epoch))
+
+    def encode_views(self, view1: torch.Tensor, view2: torch.Tensor):
+        """-> (reconstruction loss, encoder tokens of view 1, of view 2), each view masked on its own."""
+        b = view1.shape[0]
+        if self.rec_views == "both":  # one pass over both views: 2B independent random masks
+            rec = self.reconstruct(torch.cat([view1, view2]))
+            return rec.loss, rec.latent[:b], rec.latent[b:]
+        rec = self.reconstruct(view1)
+        return rec.loss, rec.latent, self.encoder(view2, self.make_mask(view2).visible)
+
+    def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, (1+)K, D] -> [B, D']
+        raise NotImplementedError
+
+    def pair_loss(self, f1: torch.Tensor, f2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
+        require_views(batch, self.views, self.name)
+        loss_rec, tokens1, tokens2 = self.encode_views(batch["view1"], batch["view2"])
+        loss_con, extra = self.pair_loss(self.global_feature(tokens1), self.global_feature(tokens2))
+        # Multiplying by lambda = 0 (rather than skipping) keeps every head in the graph, as DDP needs.
+        loss = loss_rec + self.current_con_weight * loss_con
+        terms = {"loss_rec": loss_rec.detach(), "loss_con": loss_con.detach(),
+                 "con_weight": self.current_con_weight.clone()}
+        return MethodOutput(loss, {**terms, **{k: v.detach() for k, v in extra.items()}})

@@ -1,0 +1,49 @@
+"""ViC-MAE (Hernandez et al.): MAE on single frames plus InfoNCE between two frames of a video.
+
+Two frames of one video (distant sampling) or two augmentations of one image -> shared
+ViT, each view with its own random mask -> pixel reconstruction, and pooling Omega
+(mean / max / GeM) of each view's encoder tokens -> projector -> L2-normalised ->
+symmetrised InfoNCE over the global batch (eq. 3). L = L_rec + lambda * L_con with
+lambda = 0 until `method.con_start_epoch`, then `method.con_weight` (0.025).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cmae.config import Config, ConfigError
+from cmae.losses import symmetric_info_nce
+from cmae.methods.two_view import TwoViewMAE
+from cmae.models.heads import MLPHead, Pooling
+
+
+def vic_mae_projector(width: int, kind: str) -> MLPHead:
+    """paper (appendix A, after Bardes et al.): Linear D -> 2D, then two size-preserving
+    Linear layers, with BatchNorm + ReLU between: D -> 2D -> 2D -> 2D.
+    released: the authors' code, D -> 4096 -> 128."""
+    if kind == "paper":
+        return MLPHead(width, [2 * width, 2 * width], 2 * width)
+    if kind == "released":
+        return MLPHead(width, [4096], 128)
+    raise ConfigError(f"unknown method.projector {kind!r}; use paper or released")
+
+
+class ViCMAE(TwoViewMAE):
+    name = "vic_mae"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        try:
+            self.pool = Pooling(config.method.pooling)
+        except ValueError as error:
+            raise ConfigError(f"method.pooling: {error}") from None
+        self.projector = vic_mae_projector(self.encoder.embed_dim, config.method.projector)
+        self.temperature = config.method.temperature
+
+    def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Omega over the visible patch tokens, projected and L2-normalised."""
+        return F.normalize(self.projector(self.pool(tokens[:, self.encoder.num_prefix_tokens :])), dim=-1)
+
+    def pair_loss(self, f1, f2):
+        return symmetric_info_nce(f1, f2, self.temperature), {}
