@@ -93,11 +93,15 @@ def test_gradient_accumulation_matches_a_full_batch(synth_dir, tmp_path):
     assert all(r["lr"] == s["lr"] for r, s in zip(full, accum))
 
 
-def test_torchrun_two_processes(synth_dir, tmp_path):
+@pytest.mark.parametrize("preset", [PRESET, "configs/demo/cmae_v.yaml", "configs/demo/vic_mae.yaml"])
+def test_torchrun_two_processes(synth_dir, tmp_path, preset):
     torchrun = Path(sys.executable).with_name("torchrun")
-    overrides = tiny_overrides(synth_dir, **{"train.epochs": 2, "train.max_steps_per_epoch": 2})
+    extra = {"train.epochs": 2, "train.max_steps_per_epoch": 2}
+    if "vic_mae" in preset:
+        extra["method.con_start_epoch"] = 1  # lambda switches on mid-run, under DDP
+    overrides = tiny_overrides(synth_dir, **extra)
     command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "cmae.cli", "pretrain",
-               "--config", PRESET, "--output", str(tmp_path / "ddp"), *overrides]
+               "--config", preset, "--output", str(tmp_path / "ddp"), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
