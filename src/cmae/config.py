@@ -111,11 +111,54 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Linear probe, kNN and shared evaluation settings (MAE / ViC-MAE Table 7 defaults)."""
+
+    feature: str = "mean"  # mean of patch tokens | cls (models with a class token)
+    clips: int = 1  # temporal clips per video at test time (K400 5, SSv2 2, ViC-MAE K400 7)
+    crops: int = 1  # spatial crops per clip at test time (papers: 3)
+    label_fraction: float = 1.0  # train on a seeded, class-balanced fraction of the labels
+    fraction_seed: int = 0
+    batch_size: int = 64  # feature extraction batch
+    cache: bool = True  # keep extracted features next to the checkpoint (features/) for reuse
+    probe_epochs: int = 90
+    probe_batch_size: int = 4096
+    probe_base_lr: float = 0.1  # lr = probe_base_lr x probe_batch_size / 256 (SGD, momentum 0.9)
+    probe_warmup_epochs: float = 10.0
+    probe_weight_decay: float = 0.0
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+
+
+@dataclass
+class FinetuneConfig:
+    """End-to-end fine-tuning (ViC-MAE Table 6, VideoMAE's recipe for video)."""
+
+    epochs: int = 100
+    batch_size: int = 1024
+    base_lr: float = 1e-3  # lr = base_lr x batch_size / 256
+    min_lr: float = 1e-6
+    warmup_epochs: float = 5.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    layer_decay: float = 0.65  # 0.75 for ViT-L
+    drop_path: float = 0.1
+    mixup: float = 0.8  # mixup alpha; 0 disables
+    cutmix: float = 1.0  # cutmix alpha; 0 disables
+    label_smoothing: float = 0.1
+    randaug_n: int = 2  # RandAugment ops per sample (0 disables); ViC-MAE: (9, 0.5) = magnitude 9
+    randaug_m: int = 9
+    clip_grad: float = 0.0
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

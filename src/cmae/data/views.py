@@ -43,17 +43,20 @@ def clip_indices(video_frames: int, num_frames: int, rate: int, start: int | Non
     return [start + k * rate for k in range(num_frames)]
 
 
-def spatial_transform(config: DataConfig, train: bool) -> v2.Compose:
+def spatial_transform(config: DataConfig, train: bool, randaug: tuple[int, int] | None = None) -> v2.Compose:
     """Crop/flip drawn once per call and applied to every frame of a `Video`, then normalise.
 
-    Train: random resized crop (scale `data.crop_scale`) and horizontal flip. Eval: resize
-    the short side and centre-crop.
+    Train: random resized crop (scale `data.crop_scale`), horizontal flip and, for
+    fine-tuning, RandAugment (num_ops, magnitude), one draw per clip. Eval: resize the
+    short side and centre-crop.
     """
     size = config.image_size
     if train:
         geometric = [v2.RandomResizedCrop(size, scale=tuple(config.crop_scale), ratio=tuple(config.crop_ratio))]
         if config.hflip:
             geometric.append(v2.RandomHorizontalFlip())
+        if randaug is not None and randaug[0] > 0:
+            geometric.append(v2.RandAugment(num_ops=randaug[0], magnitude=randaug[1]))
     else:
         geometric = [v2.Resize(size), v2.CenterCrop(size)]
     return v2.Compose([*geometric, v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
@@ -72,10 +75,10 @@ def to_clip(frames: torch.Tensor, transform: Callable) -> torch.Tensor:
 class ClipView:
     """One clip of `num_frames` frames at `sampling_rate` -> {"video": [C, T, H, W]}."""
 
-    def __init__(self, config: DataConfig, train: bool = True):
+    def __init__(self, config: DataConfig, train: bool = True, randaug: tuple[int, int] | None = None):
         self.num_frames = config.num_frames
         self.rate = config.sampling_rate
-        self.transform = spatial_transform(config, train)
+        self.transform = spatial_transform(config, train, randaug)
 
     def __call__(self, source: FrameSource) -> dict[str, torch.Tensor]:
         frames = source.get_frames(clip_indices(source.num_frames, self.num_frames, self.rate))
@@ -183,6 +186,52 @@ class FramePairViews:
         first, second = frame_pair_indices(source.num_frames, self.sampling, self.gap)
         frames = source.get_frames([first, second])
         return {"view1": to_clip(frames[:1], self.video_transform), "view2": to_clip(frames[1:], self.video_transform)}
+
+
+def evenly_spaced_starts(video_frames: int, num_frames: int, rate: int, clips: int) -> list[int | None]:
+    """Start frames of `clips` test clips spread evenly over the video (the centre one for 1 clip);
+    None where the video is shorter than a clip (`clip_indices` then covers it evenly)."""
+    room = video_frames - ((num_frames - 1) * rate + 1)
+    if room < 0:
+        return [None] * clips
+    if clips == 1:
+        return [room // 2]
+    return [round(k * room / (clips - 1)) for k in range(clips)]
+
+
+def crop_offsets(length: int, size: int, crops: int) -> list[int]:
+    """Offsets of `crops` windows of `size` along an axis of `length`: centre for 1, else evenly spread
+    (3 crops = start, centre, end, as VideoMAE's three-crop test)."""
+    if crops == 1:
+        return [(length - size) // 2]
+    return [round(k * (length - size) / (crops - 1)) for k in range(crops)]
+
+
+class MultiViewClips:
+    """Deterministic test views -> {"video": [V, C, T, H, W]}, V = clips x crops.
+
+    `eval.clips` temporal clips spread over the video, each resized (short side to
+    `data.image_size`) and cut into `eval.crops` square crops along the long side. Scores
+    or features of the V views are averaged by the evaluation code.
+    """
+
+    def __init__(self, config: DataConfig, clips: int = 1, crops: int = 1):
+        if clips < 1 or crops < 1:
+            raise ConfigError(f"eval.clips and eval.crops must be >= 1, got {clips} and {crops}")
+        self.config, self.clips, self.crops = config, clips, crops
+        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
+
+    def __call__(self, source: FrameSource) -> dict[str, torch.Tensor]:
+        cfg, size = self.config, self.config.image_size
+        views = []
+        for start in evenly_spaced_starts(source.num_frames, cfg.num_frames, cfg.sampling_rate, self.clips):
+            indices = clip_indices(source.num_frames, cfg.num_frames, cfg.sampling_rate, start=start)
+            video = v2.functional.resize(tv_tensors.Video(source.get_frames(indices)), size, antialias=True)
+            height, width = video.shape[-2:]
+            for offset in crop_offsets(max(height, width), size, self.crops):
+                top, left = (offset, (width - size) // 2) if height > width else ((height - size) // 2, offset)
+                views.append(as_clip(self.normalize(v2.functional.crop(video, top, left, size, size))))
+        return {"video": torch.stack(views)}
 
 
 VIEWS: dict[str, Callable[[DataConfig, bool], Callable[[FrameSource], dict[str, torch.Tensor]]]] = {

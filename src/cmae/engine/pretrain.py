@@ -11,15 +11,17 @@ import contextlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from cmae.config import Config, ConfigError, config_from_dict, save_config
+from cmae.config import Config, ConfigError, TrainConfig, config_from_dict, save_config
 from cmae.data.dataset import VideoDataset
 from cmae.data.lists import Sample, mix_samples, read_samples
 from cmae.data.views import build_view
@@ -40,24 +42,42 @@ from cmae.methods import build_method
 CHECKPOINT_NAME = "checkpoint-last.pt"
 
 
-def per_rank_batch(config: Config, world_size: int) -> int:
-    """`train.batch_size` is global: split over processes and accumulation steps."""
-    parts = world_size * config.train.accum_steps
-    if config.train.batch_size % parts:
+def per_rank_batch(train: TrainConfig, world_size: int) -> int:
+    """`batch_size` is global: split over processes and accumulation steps."""
+    parts = world_size * train.accum_steps
+    if train.batch_size % parts:
         raise ConfigError(
-            f"train.batch_size={config.train.batch_size} is not divisible by "
-            f"{world_size} processes x train.accum_steps={config.train.accum_steps}"
+            f"batch_size={train.batch_size} is not divisible by "
+            f"{world_size} processes x accum_steps={train.accum_steps}"
         )
-    return config.train.batch_size // parts
+    return train.batch_size // parts
 
 
-def peak_lr(config: Config) -> float:
-    """Linear scaling rule: lr = base_lr x global batch / 256, unless train.lr is set."""
-    return config.train.lr if config.train.lr > 0 else config.train.base_lr * config.train.batch_size / 256
+def peak_lr(train: TrainConfig) -> float:
+    """Linear scaling rule: lr = base_lr x global batch / 256, unless lr is set."""
+    return train.lr if train.lr > 0 else train.base_lr * train.batch_size / 256
+
+
+@dataclass
+class Job:
+    """What the loop trains, built after the process group is up and the seed is set.
+
+    `train` holds the optimiser/schedule settings: `config.train` for pre-training, the
+    `finetune` section mapped onto a TrainConfig for fine-tuning. Parameter groups may
+    carry an "lr_scale" (layer-wise decay). `finish(method)` runs on every rank after the
+    last epoch (e.g. the test set) and returns entries for the summary.
+    """
+
+    method: nn.Module
+    dataset: Dataset
+    groups: list[dict]
+    train: TrainConfig
+    finish: Callable[[nn.Module], dict[str, Any]] | None = None
 
 
 def make_loader(dataset, config: Config, dist_info: DistInfo, batch: int, train: bool = True) -> DataLoader:
-    """A DistributedSampler even for one process: its (seed, epoch) permutation makes resume exact."""
+    """A DistributedSampler even for one process: its (seed, epoch) permutation makes resume exact.
+    Evaluation (train=False) keeps every sample once, in order, split over ranks."""
     sampler = DistributedSampler(
         dataset,
         num_replicas=dist_info.world_size,
@@ -118,6 +138,21 @@ def training_samples(config: Config) -> list[Sample]:
 
 def pretrain(config: Config, output: str | Path, resume: str | Path | None = None) -> dict[str, Any]:
     """Pre-train `config.method` and return a summary (steps, first/last logged losses, paths)."""
+
+    def make_job(device: torch.device) -> Job:
+        if not config.data.train:
+            raise ConfigError("data.train is not set: give a list file or an ImageFolder directory")
+        method = build_method(config).to(device)
+        dataset = VideoDataset(training_samples(config), build_view(config.data, train=True),
+                               backend=config.data.decoder)
+        return Job(method, dataset, param_groups(method, config.train.weight_decay), config.train)
+
+    return train_loop(config, output, make_job, resume)
+
+
+def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.device], Job],
+               resume: str | Path | None = None) -> dict[str, Any]:
+    """The one training loop (pre-training and fine-tuning), in one process or under torchrun."""
     output = Path(output)
     device = resolve_device(config.train.device)
     dist_info = init_distributed(device)
@@ -125,37 +160,32 @@ def pretrain(config: Config, output: str | Path, resume: str | Path | None = Non
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
     try:
-        return _pretrain(config, output, resume, device, dist_info)
+        return _train_loop(config, output, make_job, resume, device, dist_info)
     finally:
         cleanup()
 
 
-def _pretrain(config: Config, output: Path, resume, device: torch.device, dist_info: DistInfo) -> dict[str, Any]:
+def _train_loop(config: Config, output: Path, make_job, resume, device: torch.device,
+                dist_info: DistInfo) -> dict[str, Any]:
     dtype = resolve_precision(config.train.precision, device)
     seed_everything(config.train.seed + dist_info.rank)
-    if not config.data.train:
-        raise ConfigError("data.train is not set: give a list file or an ImageFolder directory")
-    batch = per_rank_batch(config, dist_info.world_size)
-
-    method = build_method(config).to(device)
-    dataset = VideoDataset(training_samples(config), build_view(config.data, train=True), backend=config.data.decoder)
-    loader = make_loader(dataset, config, dist_info, batch)
-    accum = config.train.accum_steps
+    job = make_job(device)
+    method, dataset, train = job.method, job.dataset, job.train
+    loader = make_loader(dataset, config, dist_info, per_rank_batch(train, dist_info.world_size))
+    accum = train.accum_steps
     steps_per_epoch = len(loader) // accum
-    if config.train.max_steps_per_epoch > 0:
-        steps_per_epoch = min(steps_per_epoch, config.train.max_steps_per_epoch)
+    if train.max_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, train.max_steps_per_epoch)
     if steps_per_epoch == 0:
         raise ConfigError(
-            f"data set {config.data.train} has {len(dataset)} samples, fewer than one global batch "
-            f"(train.batch_size={config.train.batch_size}); lower the batch size"
+            f"the training set has {len(dataset)} samples, fewer than one global batch "
+            f"(batch_size={train.batch_size}); lower the batch size"
         )
-    total_steps = steps_per_epoch * config.train.epochs
-    warmup_steps = config.train.warmup_epochs * steps_per_epoch
-    lr_peak = peak_lr(config)
+    total_steps = steps_per_epoch * train.epochs
+    warmup_steps = train.warmup_epochs * steps_per_epoch
+    lr_peak = peak_lr(train)
 
-    optimizer = torch.optim.AdamW(
-        param_groups(method, config.train.weight_decay), lr=lr_peak, betas=tuple(config.train.betas)
-    )
+    optimizer = torch.optim.AdamW(job.groups, lr=lr_peak, betas=tuple(train.betas))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist_info.enabled else method
@@ -183,18 +213,18 @@ def _pretrain(config: Config, output: Path, resume, device: torch.device, dist_i
     after_step = getattr(method, "after_step", None)
     started = time.time()
     last_terms: dict[str, float] = {}
-    for epoch in range(start_epoch, config.train.epochs):
+    for epoch in range(start_epoch, train.epochs):
         model.train()
         loader.sampler.set_epoch(epoch)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.train.epochs}",
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{train.epochs}",
                    disable=None if dist_info.is_main else True, dynamic_ncols=True, leave=False)
         batches = iter(loader)
         for _ in range(steps_per_epoch):
-            lr = cosine_with_warmup(step, total_steps, warmup_steps, lr_peak, config.train.min_lr)
+            lr = cosine_with_warmup(step, total_steps, warmup_steps, lr_peak, train.min_lr)
             if set_epoch is not None:
                 set_epoch(step / steps_per_epoch)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             sums: dict[str, torch.Tensor] = {}
             for micro in range(accum):
                 data = next(batches)
@@ -212,9 +242,9 @@ def _pretrain(config: Config, output: Path, resume, device: torch.device, dist_i
                 scaler.scale(out.loss / accum).backward()
                 for name, value in {"loss": out.loss.detach(), **out.terms}.items():
                     sums[name] = sums.get(name, 0.0) + value.float() / accum
-            if config.train.clip_grad > 0:
+            if train.clip_grad > 0:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(method.parameters(), config.train.clip_grad)
+                torch.nn.utils.clip_grad_norm_(method.parameters(), train.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -223,7 +253,7 @@ def _pretrain(config: Config, output: Path, resume, device: torch.device, dist_i
                 after_step(step, total_steps)
             failures.check()
 
-            if step % config.train.log_every == 0 or step == total_steps or _ == steps_per_epoch - 1:
+            if step % train.log_every == 0 or step == total_steps or _ == steps_per_epoch - 1:
                 names = sorted(sums)
                 values = all_reduce_sum(torch.stack([sums[n] for n in names]).cpu()) / dist_info.world_size
                 last_terms = {n: float(v) for n, v in zip(names, values)}
@@ -234,10 +264,10 @@ def _pretrain(config: Config, output: Path, resume, device: torch.device, dist_i
         bar.close()
         failures.check(final=True)
         if dist_info.is_main:
-            print(f"epoch {epoch + 1}/{config.train.epochs}  step {step}  "
+            print(f"epoch {epoch + 1}/{train.epochs}  step {step}  "
                   + "  ".join(f"{k} {v:.4f}" for k, v in last_terms.items())
                   + f"  ({time.time() - started:.0f}s)", flush=True)
-        if (epoch + 1) % config.train.save_every == 0 or epoch + 1 == config.train.epochs:
+        if (epoch + 1) % train.save_every == 0 or epoch + 1 == train.epochs:
             if dist_info.is_main:
                 save_checkpoint(output / CHECKPOINT_NAME, {
                     "model": method.state_dict(),
@@ -248,12 +278,14 @@ def _pretrain(config: Config, output: Path, resume, device: torch.device, dist_i
                     "rng": rng_states(),
                     "config": config.to_dict(),
                 })
-                if config.train.keep_every > 0 and (epoch + 1) % config.train.keep_every == 0:
+                if train.keep_every > 0 and (epoch + 1) % train.keep_every == 0:
                     shutil.copy2(output / CHECKPOINT_NAME, output / f"checkpoint-{epoch + 1:04d}.pt")
             barrier()
 
-    summary = {"steps": step, "epochs": config.train.epochs, "output": str(output),
+    summary = {"steps": step, "epochs": train.epochs, "output": str(output),
                "failed_files": failures.failed, "seconds": round(time.time() - started, 1)}
+    if job.finish is not None:
+        summary.update(job.finish(method))
     if dist_info.is_main and (output / "metrics.jsonl").exists():
         records = read_metrics(output / "metrics.jsonl")
         summary["first"], summary["last"] = records[0], records[-1]

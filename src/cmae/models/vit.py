@@ -170,6 +170,15 @@ class VisionTransformer(nn.Module):
     def num_prefix_tokens(self) -> int:
         return 0 if self.cls_token is None else 1
 
+    def layer_id(self, name: str) -> int:
+        """Depth of a parameter for layer-wise lr decay: 0 for the embedding and class token,
+        i + 1 for `blocks.i.*`, depth + 1 for the final norm (and any head above it)."""
+        if name.startswith(("patch_embed", "cls_token")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.depth + 1
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens plus position code, `[B, N, D]` (no class token)."""
         tokens = self.patch_embed(x)

@@ -1,0 +1,156 @@
+"""End-to-end fine-tuning: pre-trained encoder + linear head, trained by the shared loop.
+
+Recipe knobs (ViC-MAE Table 6; VideoMAE for video): layer-wise lr decay, drop path,
+mixup / cutmix, label smoothing, RandAugment, AdamW (0.9, 0.999), weight decay 0.05,
+cosine with warmup; a seeded class-balanced label fraction (`eval.label_fraction`);
+multi-view testing (`eval.clips` x `eval.crops`, softmax averaged) at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from cmae.config import Config, ConfigError, TrainConfig
+from cmae.data.dataset import VideoDataset
+from cmae.data.lists import read_samples
+from cmae.data.views import ClipView, MultiViewClips
+from cmae.engine.distributed import all_reduce_sum, rank_and_world
+from cmae.engine.evaluate import balanced_fraction, pool_tokens, topk_accuracy
+from cmae.engine.loading import load_pretrained
+from cmae.engine.pretrain import Job, train_loop
+from cmae.engine.runtime import to_device
+from cmae.engine.schedule import no_weight_decay
+from cmae.methods.base import MethodOutput
+from cmae.models import build_encoder
+
+
+class Classifier(nn.Module):
+    """clip `[B, C, T, H, W]` -> logits `[B, K]`: encoder, pooled feature (mean of patch tokens
+    through `fc_norm`, as MAE's global pool, or the class token), linear head."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, feature: str = "mean"):
+        super().__init__()
+        self.encoder, self.feature = encoder, feature
+        self.fc_norm = nn.LayerNorm(encoder.embed_dim, eps=1e-6) if feature == "mean" else nn.Identity()
+        self.head = nn.Linear(encoder.embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE: a near-zero head keeps early updates small
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc_norm(pool_tokens(self.encoder, self.encoder(clip), self.feature)))
+
+
+def layer_decay_groups(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups with lr_scale = layer_decay ** (L + 1 - layer): the head and final norms
+    (layer L + 1) at full rate, block i at decay^(L - i), the embedding at decay^(L + 1);
+    no weight decay on norms, biases, tokens and position embeddings."""
+    top = model.encoder.depth + 1
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = model.encoder.layer_id(name[len("encoder."):]) if name.startswith("encoder.") else top
+        decayed = not no_weight_decay(name, param)
+        group = groups.setdefault((layer, decayed), {
+            "params": [], "weight_decay": weight_decay if decayed else 0.0, "lr_scale": layer_decay ** (top - layer),
+        })
+        group["params"].append(param)
+    return [groups[key] for key in sorted(groups)]
+
+
+class FinetuneObjective(nn.Module):
+    """The classifier as a "method" for the training loop: mixup/cutmix, label smoothing, soft CE."""
+
+    def __init__(self, classifier: Classifier, num_classes: int, mixup: float, cutmix: float, smoothing: float):
+        super().__init__()
+        self.classifier, self.num_classes, self.smoothing = classifier, num_classes, smoothing
+        mixers = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + \
+                 ([v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else [])
+        self.mix = v2.RandomChoice(mixers) if mixers else None  # timm: one of the two per batch, p = 0.5
+
+    def soft_targets(self, clip: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixed clips `[B, C, T, H, W]` and smoothed soft targets `[B, K]` (mixing and smoothing commute)."""
+        if self.mix is None:
+            target = F.one_hot(labels, self.num_classes).float()
+        else:  # torchvision mixes Video batches laid out [B, T, C, H, W]; the cut box is shared by all frames
+            video, target = self.mix(tv_tensors.Video(clip.transpose(1, 2)), labels)
+            clip = video.as_subclass(torch.Tensor).transpose(1, 2)
+        return clip, target * (1 - self.smoothing) + self.smoothing / self.num_classes
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
+        clip, target = self.soft_targets(batch["video"], batch["label"])
+        loss = torch.sum(-target * F.log_softmax(self.classifier(clip).float(), dim=-1), dim=-1).mean()
+        return MethodOutput(loss, {"loss_cls": loss.detach()})
+
+
+@torch.no_grad()
+def multiview_accuracy(classifier: Classifier, dataset, config: Config, device: torch.device) -> dict[str, float]:
+    """Top-1/top-5 with softmax averaged over each video's V views, summed over ranks."""
+    classifier.eval()
+    rank, world = rank_and_world()
+    indices = list(range(rank, len(dataset), world))
+    loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=config.eval.batch_size,
+                        num_workers=config.data.num_workers)
+    correct = torch.zeros(2, dtype=torch.float64)
+    for batch in loader:
+        batch = to_device(batch, device)
+        clips = batch["video"]  # [B, V, C, T, H, W]
+        probs = classifier(clips.flatten(0, 1)).float().softmax(-1).reshape(*clips.shape[:2], -1).mean(1)
+        accuracy = topk_accuracy(probs.cpu(), batch["label"].cpu())
+        correct += torch.tensor([accuracy["top1"], accuracy["top5"]], dtype=torch.float64) * len(probs) / 100
+    correct = all_reduce_sum(correct)
+    return {"top1": 100.0 * correct[0].item() / len(dataset), "top5": 100.0 * correct[1].item() / len(dataset)}
+
+
+def finetune_train_config(config: Config) -> TrainConfig:
+    """The `finetune` section as the loop's TrainConfig (device, seed, logging from `train`)."""
+    ft = config.finetune
+    return dataclasses.replace(
+        config.train, epochs=ft.epochs, batch_size=ft.batch_size, base_lr=ft.base_lr, lr=0.0, min_lr=ft.min_lr,
+        warmup_epochs=ft.warmup_epochs, weight_decay=ft.weight_decay, betas=list(ft.betas), clip_grad=ft.clip_grad,
+        accum_steps=1, keep_every=0,
+    )
+
+
+def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path | None = None,
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Fine-tune a checkpoint's encoder (or a random one) on data.train, test on data.val."""
+    config, method = load_pretrained(checkpoint, config_path, overrides)
+    if not config.data.train or not config.data.val:
+        raise ConfigError("fine-tuning needs data.train and data.val (list files or ImageFolder trees)")
+    ft = config.finetune
+    samples = read_samples(config.data.train)
+    keep = balanced_fraction([s.label for s in samples], config.eval.label_fraction, config.eval.fraction_seed)
+    samples = [samples[i] for i in keep]
+    val_samples = read_samples(config.data.val)
+    num_classes = max(s.label for s in samples + val_samples) + 1
+    # Rebuild the encoder with fine-tuning's drop path, then take the pre-trained weights.
+    encoder = build_encoder(dataclasses.replace(config.model, drop_path=ft.drop_path))
+    encoder.load_state_dict(method.encoder.state_dict())
+    train = finetune_train_config(config)
+    test_set = VideoDataset(val_samples, MultiViewClips(config.data, config.eval.clips, config.eval.crops),
+                            backend=config.data.decoder)
+
+    def make_job(device: torch.device) -> Job:
+        classifier = Classifier(encoder, num_classes, config.eval.feature).to(device)
+        objective = FinetuneObjective(classifier, num_classes, ft.mixup, ft.cutmix, ft.label_smoothing)
+        dataset = VideoDataset(samples, ClipView(config.data, train=True, randaug=(ft.randaug_n, ft.randaug_m)),
+                               backend=config.data.decoder)
+
+        def finish(trained: FinetuneObjective) -> dict[str, Any]:
+            return {**multiview_accuracy(trained.classifier, test_set, config, device), "protocol": "finetune",
+                    "checkpoint": str(checkpoint), "num_train": len(samples), "num_val": len(val_samples),
+                    "num_classes": num_classes, "label_fraction": config.eval.label_fraction}
+
+        return Job(objective, dataset, layer_decay_groups(classifier, ft.weight_decay, ft.layer_decay), train, finish)
+
+    return train_loop(config, output, make_job)

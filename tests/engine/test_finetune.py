@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import torch
+
+from cmae.config import load_config
+from cmae.engine.finetune import Classifier, FinetuneObjective, finetune, layer_decay_groups
+from cmae.engine.pretrain import pretrain
+from cmae.models.vit import VisionTransformer
+from tests.conftest import tiny_overrides
+
+
+def test_layer_decay_scales():
+    encoder = VisionTransformer(embed_dim=48, depth=3, num_heads=2, patch_size=8, cls_token=True)
+    model = Classifier(encoder, 5)
+    groups = layer_decay_groups(model, weight_decay=0.05, layer_decay=0.5)
+    scale_of = {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in groups:
+        for param in group["params"]:
+            scale_of[names[id(param)]] = (group["lr_scale"], group["weight_decay"])
+    assert scale_of["head.weight"] == (1.0, 0.05) and scale_of["head.bias"] == (1.0, 0.0)
+    assert scale_of["fc_norm.weight"] == (1.0, 0.0) and scale_of["encoder.norm.weight"] == (1.0, 0.0)
+    assert scale_of["encoder.blocks.2.attn.qkv.weight"] == (0.5, 0.05)
+    assert scale_of["encoder.blocks.0.mlp.fc1.weight"] == (0.125, 0.05)
+    assert scale_of["encoder.patch_embed.proj.weight"] == (0.0625, 0.05)
+    assert scale_of["encoder.cls_token"] == (0.0625, 0.0)
+    assert len(scale_of) == sum(1 for _ in model.parameters())
+
+
+def test_soft_targets_mix_and_smooth():
+    classifier = Classifier(VisionTransformer(embed_dim=48, depth=1, num_heads=2, patch_size=8), 4)
+    objective = FinetuneObjective(classifier, 4, mixup=0.8, cutmix=1.0, smoothing=0.1)
+    torch.manual_seed(0)
+    clip = torch.randn(6, 3, 2, 16, 16)
+    mixed, target = objective.soft_targets(clip, torch.tensor([0, 1, 2, 3, 0, 1]))
+    assert mixed.shape == clip.shape and target.shape == (6, 4)
+    assert torch.allclose(target.sum(-1), torch.ones(6))
+    assert (target >= 0.1 / 4 - 1e-6).all()  # smoothing mass on every class
+    plain = FinetuneObjective(classifier, 4, mixup=0, cutmix=0, smoothing=0.0)
+    same, onehot = plain.soft_targets(clip, torch.tensor([0, 1, 2, 3, 0, 1]))
+    assert torch.equal(same, clip) and torch.equal(onehot.argmax(-1), torch.tensor([0, 1, 2, 3, 0, 1]))
+
+
+def test_finetune_end_to_end_with_multiview_and_fraction(synth_dir, tmp_path):
+    run = tmp_path / "pre"
+    pretrain(load_config("configs/demo/videomae.yaml", tiny_overrides(synth_dir, **{"train.epochs": 1})), run)
+    overrides = [f"data.train={synth_dir / 'train.txt'}", f"data.val={synth_dir / 'val.txt'}",
+                 "finetune.epochs=2", "finetune.batch_size=4", "finetune.warmup_epochs=1", "eval.clips=2",
+                 "eval.crops=3", "eval.label_fraction=0.5", "eval.batch_size=4"]
+    summary = finetune(run / "checkpoint-last.pt", tmp_path / "ft", overrides=overrides)
+    written = json.loads((tmp_path / "ft" / "summary.json").read_text())
+    assert written["top1"] == pytest.approx(summary["top1"]) and 0 <= written["top1"] <= written["top5"] <= 100
+    assert written["num_train"] == 16 and written["label_fraction"] == 0.5  # 24 clips, 8 classes x 3 -> 8 x 2
+    assert (tmp_path / "ft" / "checkpoint-last.pt").is_file()
+    assert "loss_cls" in (tmp_path / "ft" / "metrics.jsonl").read_text()
