@@ -37,6 +37,33 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         print(json.dumps({k: summary[k] for k in ("steps", "seconds", "first", "last")}, indent=2))
 
 
+def cmd_visualize(args: argparse.Namespace) -> None:
+    from cmae.visualize import visualize
+
+    result = visualize(args.checkpoint, args.input, args.output, config_path=args.config,
+                       overrides=args.overrides, seed=args.seed, true_stats=args.true_stats)
+    print(f"wrote {result['output']} (loss {result['loss']:.4f}, patch statistics: {result['stats']})")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from cmae.visualize import plot_runs
+
+    print(f"wrote {plot_runs(args.runs, args.output, keys=args.keys)}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """linprobe / knn / finetune share one signature: --checkpoint CKPT|random --output DIR [--config F]."""
+    if args.command == "finetune":
+        from cmae.engine.finetune import finetune
+
+        summary = finetune(args.checkpoint, args.output, args.config, args.overrides)
+    else:
+        from cmae.engine.evaluate import frozen_evaluation
+
+        summary = frozen_evaluation(args.command, args.checkpoint, args.output, args.config, args.overrides)
+    print(f"{args.command}: top1 {summary['top1']:.2f}  top5 {summary['top5']:.2f}  -> {args.output}/summary.json")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from cmae.data.synth import SynthSpec, write_synthetic_dataset
     from cmae.engine.pretrain import pretrain
@@ -76,6 +103,35 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", help="checkpoint to continue from (e.g. RUN/checkpoint-last.pt)")
     pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
     pre.set_defaults(func=cmd_pretrain)
+
+    vis = commands.add_parser("visualize", help="draw a masked clip and its reconstruction to a PNG")
+    vis.add_argument("--checkpoint", required=True, help="checkpoint file, or 'random' with --config")
+    vis.add_argument("--input", required=True, help="a video or an image")
+    vis.add_argument("--output", required=True, help="PNG file to write")
+    vis.add_argument("--config", help="preset applied on top of the checkpoint's config (needed for 'random')")
+    vis.add_argument("--seed", type=int, default=0, help="seed of the mask")
+    vis.add_argument("--true-stats", action="store_true",
+                     help="de-normalise masked patches with their true statistics (leaks them; default: neighbours')")
+    vis.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    vis.set_defaults(func=cmd_visualize)
+
+    plot = commands.add_parser("plot", help="loss curves of run folders to a PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run folders with metrics.jsonl")
+    plot.add_argument("--output", required=True, help="PNG file to write")
+    plot.add_argument("--keys", nargs="+", help="logged keys to plot (default: loss, loss_rec, loss_con if logged)")
+    plot.set_defaults(func=cmd_plot)
+
+    protocols = {"linprobe": "linear probe on frozen features", "knn": "weighted kNN on frozen features",
+                 "finetune": "end-to-end fine-tuning"}
+    for name, text in protocols.items():
+        evaluate = commands.add_parser(name, help=text)
+        evaluate.add_argument("--checkpoint", required=True,
+                              help="a run's checkpoint-last.pt, or 'random' (a random-init encoder of --config)")
+        evaluate.add_argument("--output", required=True, help="folder for config.yaml and summary.json")
+        evaluate.add_argument("--config", help="a preset laid over the checkpoint's config (required with random)")
+        evaluate.add_argument("overrides", nargs="*", metavar="key=value",
+                              help="e.g. data.train=LIST data.val=LIST eval.clips=5 eval.label_fraction=0.1")
+        evaluate.set_defaults(func=cmd_evaluate)
 
     demo = commands.add_parser("demo", help="the main job end to end on the synthetic data set")
     demo.add_argument("--output", default="runs/demo")
