@@ -10,12 +10,7 @@ from pathlib import Path
 
 from cmae.config import ConfigError, load_config
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def preset(name: str) -> Path:
-    """A packaged preset by relative name, e.g. `demo/videomae.yaml`."""
-    return CONFIG_DIR / name
+DEMO_EPOCHS = 20
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -65,23 +60,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from cmae.data.synth import SynthSpec, write_synthetic_dataset
-    from cmae.engine.pretrain import pretrain
+    from cmae.demo import run_demo
 
-    output = Path(args.output)
-    data = output / "data"
-    started = time.time()
-    if not (data / "train.txt").exists():
-        print(f"[demo] writing the synthetic action data set to {data}")
-        write_synthetic_dataset(data, SynthSpec(), progress=True)
-    config = load_config(preset("demo/videomae.yaml"), [f"data.train={data / 'train.txt'}", *args.overrides])
-    print(f"[demo] pre-training {config.method.name} ({config.model.name}) for {config.train.epochs} epochs")
-    summary = pretrain(config, output / "videomae")
-    first, last = summary["first"], summary["last"]
-    print(
-        f"[demo] done in {time.time() - started:.0f}s: loss_rec {first['loss_rec']:.4f} (step {first['step']}) "
-        f"-> {last['loss_rec']:.4f} (step {last['step']}); run folder {output / 'videomae'}"
-    )
+    run_demo(args.output, epochs=args.epochs, overrides=args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job end to end on the synthetic data set")
     demo.add_argument("--output", default="runs/demo")
+    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="pre-training epochs of every method")
     demo.add_argument("overrides", nargs="*", metavar="key=value")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -55,7 +55,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_base"  # a preset of cmae.models.vit.VIT_PRESETS
+    name: str = "vit_base"  # a preset of cmae.models.vit.VIT_PRESETS or cmae.models.convvit.CONVVIT_PRESETS
     patch_size: int = 0  # 0: the preset's
     tubelet_size: int = 2  # frames per token; 1 for images
     drop_path: float = 0.0

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from cmae.config import ConfigError, ModelConfig
+from cmae.models.convvit import CONVVIT_PRESETS, ConvViT
 from cmae.models.decoder import PixelDecoder
 from cmae.models.vit import VIT_PRESETS, VisionTransformer
 
-__all__ = ["PixelDecoder", "VisionTransformer", "VIT_PRESETS", "build_encoder", "ENCODER_NAMES"]
+__all__ = [
+    "ConvViT", "CONVVIT_PRESETS", "PixelDecoder", "VisionTransformer", "VIT_PRESETS", "build_encoder", "ENCODER_NAMES",
+]
 
-ENCODER_NAMES = tuple(VIT_PRESETS)
+ENCODER_NAMES = tuple(VIT_PRESETS) + tuple(CONVVIT_PRESETS)
 
 
-def build_encoder(config: ModelConfig) -> VisionTransformer:
+def build_encoder(config: ModelConfig) -> VisionTransformer | ConvViT:
     """The encoder named by `model.name`, with the config's patch/tubelet/drop-path settings."""
+    if config.name in CONVVIT_PRESETS:
+        return _build_convvit(config)
     if config.name not in VIT_PRESETS:
         raise ConfigError(f"unknown model.name {config.name!r}; choose one of: {', '.join(ENCODER_NAMES)}")
     size = VIT_PRESETS[config.name]
@@ -24,4 +29,20 @@ def build_encoder(config: ModelConfig) -> VisionTransformer:
         tubelet_size=config.tubelet_size,
         drop_path_rate=config.drop_path,
         cls_token=config.cls_token,
+    )
+
+
+def _build_convvit(config: ModelConfig) -> ConvViT:
+    """ConvViT's token stride is fixed at 16 by its three stages, and it has no class token."""
+    if config.patch_size not in (0, 16):
+        raise ConfigError(f"model.patch_size={config.patch_size}: {config.name} has a fixed stride of 16 (use 0 or 16)")
+    if config.cls_token:
+        raise ConfigError(f"model.cls_token=true: {config.name} has no class token (pool its tokens instead)")
+    size = CONVVIT_PRESETS[config.name]
+    return ConvViT(
+        widths=size.widths,
+        depths=size.depths,
+        num_heads=size.num_heads,
+        tubelet_size=config.tubelet_size,
+        drop_path_rate=config.drop_path,
     )

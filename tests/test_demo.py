@@ -1,0 +1,19 @@
+"""The demo end to end on a tiny budget: every file it promises, a well-formed table."""
+
+from cmae.data.synth import SynthSpec
+from cmae.demo import RANDOM_FLOORS, TASKS, run_demo
+
+TINY = ["model.name=vit_pico_p4", "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2",
+        "data.image_size=32", "train.batch_size=8", "data.num_workers=0", "train.warmup_epochs=0"]
+
+
+def test_demo_writes_table_curves_and_picture(tmp_path):
+    rows = run_demo(tmp_path, epochs=1, methods=("videomae", "vic_mae"),
+                    spec=SynthSpec(num_train=16, num_val=8, num_frames=16, size=32), overrides=TINY)
+    assert [row["encoder"] for row in rows] == ["videomae", "vic_mae", *RANDOM_FLOORS]
+    assert all(len(row) == 1 + 2 * len(TASKS) for row in rows)
+    assert all(0 <= value <= 100 for row in rows for key, value in row.items() if key != "encoder")
+    for name in ("results.md", "results.json", "losses.png", "reconstruction.png"):
+        assert (tmp_path / name).is_file(), name
+    table = (tmp_path / "results.md").read_text()
+    assert "| motion linprobe |" in table and table.count("\n| ") == 2 + len(rows)
