@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cmae.models.patchify import fill_tubelet
+from cmae.models.patchify import fill_tubelet, token_grid
 from cmae.models.vit import Block, DropPath, gather_tokens, init_weights, pos_embed_for
 
 STRIDE = 16  # the stride of the token grid: stage 1 (4) x stage 2 (2) x stage 3 (2)
@@ -122,14 +122,7 @@ class TokenGrid:
 
     def grid(self, shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
         """Token grid (T', H', W') for an input shape `[B, C, T, H, W]` (after tubelet filling)."""
-        t, h, w = shape[-3:]
-        p, tub = self.patch_size, self.tubelet_size
-        if h % p or w % p:
-            raise ValueError(f"input {h}x{w} is not divisible by ConvViT's stride {p}")
-        t = max(t, tub)
-        if t % tub:
-            raise ValueError(f"{t} frames are not divisible by the tubelet size {tub}")
-        return t // tub, h // p, w // p
+        return token_grid(shape, self.patch_size, self.tubelet_size)
 
 
 class ConvViT(nn.Module):

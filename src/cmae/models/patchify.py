@@ -17,6 +17,18 @@ def fill_tubelet(clip: torch.Tensor, tubelet: int) -> torch.Tensor:
     return clip.repeat_interleave(-(-tubelet // frames), dim=2)[:, :, :tubelet]
 
 
+def token_grid(shape: torch.Size | tuple[int, ...], patch: int, tubelet: int) -> tuple[int, int, int]:
+    """Token grid (T', H', W') of an input shape `[B, C, T, H, W]`, a clip shorter than the
+    tubelet counting as one tubelet (see `fill_tubelet`)."""
+    t, h, w = shape[-3:]
+    if h % patch or w % patch:
+        raise ValueError(f"input {h}x{w} is not divisible by the patch size (token stride) {patch}")
+    t = max(t, tubelet)
+    if t % tubelet:
+        raise ValueError(f"{t} frames are not divisible by the tubelet size {tubelet}")
+    return t // tubelet, h // patch, w // patch
+
+
 def patchify(clip: torch.Tensor, patch: int, tubelet: int = 1) -> torch.Tensor:
     """`[B, C, T, H, W]` -> `[B, N, t*p*p*C]`, N = T/t * H/p * W/p."""
     clip = fill_tubelet(clip, tubelet)

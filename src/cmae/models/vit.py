@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmae.models.patchify import fill_tubelet
+from cmae.models.patchify import fill_tubelet, token_grid
 from cmae.models.pos_embed import sincos_3d
 
 
@@ -97,14 +97,7 @@ class PatchEmbed(nn.Module):
 
     def grid(self, shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
         """Token grid (T', H', W') for an input shape `[B, C, T, H, W]` (after tubelet padding)."""
-        t, h, w = shape[-3:]
-        p, tub = self.patch_size, self.tubelet_size
-        if h % p or w % p:
-            raise ValueError(f"input {h}x{w} is not divisible by the patch size {p}")
-        t = max(t, tub)
-        if t % tub:
-            raise ValueError(f"{t} frames are not divisible by the tubelet size {tub}")
-        return t // tub, h // p, w // p
+        return token_grid(shape, self.patch_size, self.tubelet_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(fill_tubelet(x, self.tubelet_size)).flatten(2).transpose(1, 2)
