@@ -1,0 +1,89 @@
+"""Pre-training throughput of every method on random clips (no data loading): a table of
+ms per step and clips per second, optionally compared with a saved reference in the same run.
+
+    python benchmarks/pretrain_speed.py                       # demo presets, batch 32, CPU
+    python benchmarks/pretrain_speed.py --save ref.json       # keep these numbers
+    python benchmarks/pretrain_speed.py --compare ref.json    # ratio against them
+    python benchmarks/pretrain_speed.py model.name=vit_base data.image_size=224 data.num_frames=16 --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from cmae.config import load_config
+from cmae.engine.runtime import autocast, resolve_device, resolve_precision
+from cmae.engine.schedule import param_groups
+from cmae.methods import build_method
+
+PRESETS = Path(__file__).resolve().parents[1] / "src" / "cmae" / "configs" / "demo"
+
+
+def fake_batch(config, batch: int, device) -> dict[str, torch.Tensor]:
+    """Inputs shaped like the method's views: clips for video methods, single frames for pair methods."""
+    size, frames = config.data.image_size, config.data.num_frames
+    clip = lambda t: torch.randn(batch, 3, t, size, size, device=device)  # noqa: E731
+    if config.data.views == "temporal_shift":
+        return {"video": clip(frames), "target": clip(frames)}
+    if config.data.views == "frame_pair":
+        return {"view1": clip(1), "view2": clip(1)}
+    return {"video": clip(frames)}
+
+
+def measure(preset: Path, batch: int, steps: int, overrides: list[str]) -> dict[str, float]:
+    config = load_config(preset, overrides)
+    device = resolve_device(config.train.device)
+    dtype = resolve_precision(config.train.precision, device)
+    torch.manual_seed(0)
+    method = build_method(config).to(device).train()
+    optimizer = torch.optim.AdamW(param_groups(method, 0.05), lr=1e-4)
+    data = fake_batch(config, batch, device)
+    timings = []
+    for step in range(steps + 2):  # two warm-up steps
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        with autocast(device, dtype):
+            loss = method(data).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if hasattr(method, "after_step"):
+            method.after_step(step + 1, steps + 2)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= 2:
+            timings.append(time.perf_counter() - started)
+    ms = 1000 * sorted(timings)[len(timings) // 2]
+    return {"ms_per_step": ms, "clips_per_s": batch / ms * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="videomae,cmae_v,vic_mae,mae")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--save", help="write the results to this JSON file")
+    parser.add_argument("--compare", help="a JSON file from --save to compare against")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+    reference = json.loads(Path(args.compare).read_text()) if args.compare else {}
+    results = {}
+    print(f"{'method':<10} {'ms/step':>9} {'clips/s':>9}" + (f" {'vs ref':>8}" if reference else ""))
+    for name in args.methods.split(","):
+        results[name] = measure(PRESETS / f"{name}.yaml", args.batch, args.steps, args.overrides)
+        line = f"{name:<10} {results[name]['ms_per_step']:>9.1f} {results[name]['clips_per_s']:>9.1f}"
+        if name in reference:
+            line += f" {reference[name]['ms_per_step'] / results[name]['ms_per_step']:>7.2f}x"
+        print(line, flush=True)
+    if args.save:
+        Path(args.save).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
