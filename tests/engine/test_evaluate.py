@@ -137,3 +137,16 @@ def test_multiview_positions_and_identical_views_average_to_one():
         averaged = classifier(views).softmax(-1).mean(0)
         one = classifier(single).softmax(-1)[0]
     assert torch.allclose(averaged, one, atol=1e-6)
+
+
+def test_cli_commands_write_summaries(synth_dir, tiny_run, tmp_path, capsys):
+    from cmae.cli import main
+
+    main(["knn", "--checkpoint", str(tiny_run / "checkpoint-last.pt"), "--output", str(tmp_path / "k"),
+          *eval_overrides(synth_dir)])
+    assert "knn: top1" in capsys.readouterr().out
+    assert set(json.loads((tmp_path / "k" / "summary.json").read_text())) >= {"top1", "top5"}
+    with pytest.raises(SystemExit) as stop:
+        main(["linprobe", "--checkpoint", str(tiny_run / "checkpoint-last.pt"), "--output", str(tmp_path / "l"),
+              "eval.knn_kk=3"])
+    assert stop.value.code == 2 and "unknown config key 'eval.knn_kk'" in capsys.readouterr().err
