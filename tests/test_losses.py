@@ -39,17 +39,25 @@ def test_info_nce_by_hand():
     assert math.isclose(global_info_nce(query, keys, tau).item(), (loss0 + loss1) / 2, rel_tol=1e-6)
 
 
-def _worker(rank: int, world: int, port: int, query: torch.Tensor, keys: torch.Tensor, out: dict) -> None:
+# Losses run on a batch split over two real gloo processes (module level, so spawn can find them).
+SHARDED_LOSSES = {
+    "global_info_nce": lambda query, keys: global_info_nce(query, keys, 0.1),
+    "symmetric_info_nce": lambda z1, z2: symmetric_info_nce(z1, z2, 0.2),
+    "vicreg": lambda p, z: sum(vicreg_terms(p, z).values()),
+}
+
+
+def _sharded_worker(rank: int, world: int, port: int, name: str, inputs: list, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    half = query.shape[0] // world
-    local_query = query[rank * half : (rank + 1) * half].clone().requires_grad_(True)
-    loss = global_info_nce(local_query, keys[rank * half : (rank + 1) * half], 0.1)
+    part = inputs[0].shape[0] // world
+    local = [x[rank * part : (rank + 1) * part].clone().requires_grad_(True) for x in inputs]
+    loss = SHARDED_LOSSES[name](*local)
     loss.backward()
-    # DDP would average the ranks' gradients; do the same by hand for the loss and the grads
-    mean_loss = loss.detach().clone()
-    dist.all_reduce(mean_loss)
-    out[rank] = (mean_loss.item() / world, local_query.grad / world)
+    # DDP averages the ranks' gradients; do the same by hand for the loss and the gradients
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    out[rank] = (total.item() / world, [None if x.grad is None else x.grad / world for x in local])
     dist.destroy_process_group()
 
 
@@ -61,20 +69,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_gather_matches_one_process():
-    torch.manual_seed(0)
-    query, keys = torch.randn(8, 16), torch.randn(8, 16)
-    full_query = query.clone().requires_grad_(True)
-    full = global_info_nce(full_query, keys, 0.1)
-    full.backward()
+def assert_sharded_matches_whole(name: str, inputs: list) -> None:
+    """Two processes holding half the batch each give the loss and gradients of one holding all of it."""
+    whole = [x.clone().requires_grad_(True) for x in inputs]
+    loss = SHARDED_LOSSES[name](*whole)
+    loss.backward()
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(2, free_port(), query, keys, out), nprocs=2, join=True)
+        mp.spawn(_sharded_worker, args=(2, free_port(), name, inputs, out), nprocs=2, join=True)
         results = dict(out)
-    assert math.isclose(results[0][0], full.item(), rel_tol=1e-5)
-    grads = torch.cat([results[0][1], results[1][1]])
-    assert torch.allclose(grads, full_query.grad, atol=1e-6)
-    assert grads.abs().sum() > 0
+    assert math.isclose(results[0][0], loss.item(), rel_tol=1e-5)
+    for k, x in enumerate(whole):
+        if x.grad is None:
+            assert results[0][1][k] is None
+            continue
+        assert torch.allclose(torch.cat([results[0][1][k], results[1][1][k]]), x.grad, atol=1e-6)
+        assert x.grad.abs().sum() > 0
+
+
+def test_global_info_nce_two_processes_match_one():
+    torch.manual_seed(0)
+    assert_sharded_matches_whole("global_info_nce", [torch.randn(8, 16), torch.randn(8, 16)])
 
 
 def test_symmetric_info_nce_by_hand():
@@ -95,34 +110,15 @@ def test_symmetric_info_nce_by_hand():
     assert math.isclose(symmetric_info_nce(z1, z2, tau).item(), total / 4, rel_tol=1e-6)
 
 
-def _symmetric_worker(rank, world, port, z1, z2, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    half = z1.shape[0] // world
-    a = z1[rank * half : (rank + 1) * half].clone().requires_grad_(True)
-    b = z2[rank * half : (rank + 1) * half].clone().requires_grad_(True)
-    loss = symmetric_info_nce(a, b, 0.2)
-    loss.backward()
-    total = loss.detach().clone()
-    dist.all_reduce(total)
-    out[rank] = (total.item() / world, a.grad / world, b.grad / world)
-    dist.destroy_process_group()
+def test_vicreg_statistics_over_two_processes_match_one():
+    torch.manual_seed(0)
+    assert_sharded_matches_whole("vicreg", [torch.randn(8, 4) * 0.3, torch.randn(8, 4) * 0.3])
 
 
 def test_symmetric_info_nce_two_processes_match_one():
     """Gathering with gradient: same loss and same gradients as one process with the whole batch."""
     torch.manual_seed(0)
-    z1, z2 = torch.randn(6, 8), torch.randn(6, 8)
-    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
-    full = symmetric_info_nce(a, b, 0.2)
-    full.backward()
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_symmetric_worker, args=(2, free_port(), z1, z2, out), nprocs=2, join=True)
-        results = dict(out)
-    assert math.isclose(results[0][0], full.item(), rel_tol=1e-5)
-    assert torch.allclose(torch.cat([results[0][1], results[1][1]]), a.grad, atol=1e-6)
-    assert torch.allclose(torch.cat([results[0][2], results[1][2]]), b.grad, atol=1e-6)
+    assert_sharded_matches_whole("symmetric_info_nce", [torch.randn(6, 8), torch.randn(6, 8)])
 
 
 def test_simsiam_stops_the_target_gradient():
