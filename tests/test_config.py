@@ -61,3 +61,18 @@ def test_parse_override_yaml_values():
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
     assert parse_override("a.b=") == ("a.b", "")
     assert Config().train.betas == [0.9, 0.95]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.log_every=0", r"'train.log_every' must be > 0, got 0"),
+    ("train.accum_steps=0", r"'train.accum_steps' must be > 0"),
+    ("train.save_every=-1", r"'train.save_every' must be > 0"),
+    ("train.betas=[0.9]", r"'train.betas' must be two values in \[0, 1\), got \[0.9\]"),
+    ("method.vicreg_weights=[25, 25]", r"'method.vicreg_weights' must be three values"),
+    ("method.mask_ratio=1.0", r"'method.mask_ratio' must be in \[0, 1\)"),
+    ("data.crop_scale=[0.9, 0.5]", r"'data.crop_scale' must be \[low, high\]"),
+    ("eval.label_fraction=0", r"'eval.label_fraction' must be in \(0, 1\]"),
+])
+def test_out_of_range_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/demo/videomae.yaml", [override])

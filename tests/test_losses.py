@@ -1,13 +1,11 @@
 """Losses against hand-computed values, and InfoNCE across two real gloo processes."""
 
 import math
-import os
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from cmae.losses import global_info_nce, info_nce, reconstruction_loss, simsiam_loss, symmetric_info_nce, vicreg_terms
+from cmae.losses import cross_view_info_nce, global_info_nce, info_nce, reconstruction_loss, simsiam_loss, symmetric_info_nce, vicreg_terms
+from tests.sharded import assert_sharded_matches_whole
 
 
 def test_reconstruction_loss_by_hand():
@@ -39,57 +37,26 @@ def test_info_nce_by_hand():
     assert math.isclose(global_info_nce(query, keys, tau).item(), (loss0 + loss1) / 2, rel_tol=1e-6)
 
 
-# Losses run on a batch split over two real gloo processes (module level, so spawn can find them).
-SHARDED_LOSSES = {
-    "global_info_nce": lambda query, keys: global_info_nce(query, keys, 0.1),
-    "symmetric_info_nce": lambda z1, z2: symmetric_info_nce(z1, z2, 0.2),
-    "vicreg": lambda p, z: sum(vicreg_terms(p, z).values()),
-}
+# Losses of a batch split over two real gloo processes (module level, so spawn can find them).
+def sharded_global_info_nce(query, keys):
+    return global_info_nce(query, keys, 0.1)
 
 
-def _sharded_worker(rank: int, world: int, port: int, name: str, inputs: list, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    part = inputs[0].shape[0] // world
-    local = [x[rank * part : (rank + 1) * part].clone().requires_grad_(True) for x in inputs]
-    loss = SHARDED_LOSSES[name](*local)
-    loss.backward()
-    # DDP averages the ranks' gradients; do the same by hand for the loss and the gradients
-    total = loss.detach().clone()
-    dist.all_reduce(total)
-    out[rank] = (total.item() / world, [None if x.grad is None else x.grad / world for x in local])
-    dist.destroy_process_group()
+def sharded_symmetric_info_nce(z1, z2):
+    return symmetric_info_nce(z1, z2, 0.2)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def sharded_cross_view_info_nce(z1, z2):
+    return cross_view_info_nce(z1, z2, 0.3)
 
 
-def assert_sharded_matches_whole(name: str, inputs: list) -> None:
-    """Two processes holding half the batch each give the loss and gradients of one holding all of it."""
-    whole = [x.clone().requires_grad_(True) for x in inputs]
-    loss = SHARDED_LOSSES[name](*whole)
-    loss.backward()
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_sharded_worker, args=(2, free_port(), name, inputs, out), nprocs=2, join=True)
-        results = dict(out)
-    assert math.isclose(results[0][0], loss.item(), rel_tol=1e-5)
-    for k, x in enumerate(whole):
-        if x.grad is None:
-            assert results[0][1][k] is None
-            continue
-        assert torch.allclose(torch.cat([results[0][1][k], results[1][1][k]]), x.grad, atol=1e-6)
-        assert x.grad.abs().sum() > 0
+def sharded_vicreg(p, z):
+    return sum(vicreg_terms(p, z).values())
 
 
 def test_global_info_nce_two_processes_match_one():
     torch.manual_seed(0)
-    assert_sharded_matches_whole("global_info_nce", [torch.randn(8, 16), torch.randn(8, 16)])
+    assert_sharded_matches_whole(sharded_global_info_nce, [torch.randn(8, 16), torch.randn(8, 16)])
 
 
 def test_symmetric_info_nce_by_hand():
@@ -112,13 +79,13 @@ def test_symmetric_info_nce_by_hand():
 
 def test_vicreg_statistics_over_two_processes_match_one():
     torch.manual_seed(0)
-    assert_sharded_matches_whole("vicreg", [torch.randn(8, 4) * 0.3, torch.randn(8, 4) * 0.3])
+    assert_sharded_matches_whole(sharded_vicreg, [torch.randn(8, 4) * 0.3, torch.randn(8, 4) * 0.3])
 
 
 def test_symmetric_info_nce_two_processes_match_one():
     """Gathering with gradient: same loss and same gradients as one process with the whole batch."""
     torch.manual_seed(0)
-    assert_sharded_matches_whole("symmetric_info_nce", [torch.randn(6, 8), torch.randn(6, 8)])
+    assert_sharded_matches_whole(sharded_symmetric_info_nce, [torch.randn(6, 8), torch.randn(6, 8)])
 
 
 def test_simsiam_stops_the_target_gradient():
@@ -139,3 +106,24 @@ def test_vicreg_terms_by_hand():
     assert math.isclose(terms["variance"].item(), 0.0, abs_tol=1e-6)
     # cov(p) off-diagonal = -2, cov(z) off-diagonal = +2: (2 * 4) / 2 per matrix
     assert math.isclose(terms["covariance"].item(), 8.0, rel_tol=1e-6)
+
+
+def test_cross_view_info_nce_by_hand():
+    """Algorithm 1: ctr(p, z) + ctr(z, p), candidates from the other view only."""
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    z2 = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    tau = 0.5
+    s = 1 / math.sqrt(2)
+    sim = [[1.0, s], [0.0, s]]  # sim[i][j] = cos(z1_i, z2_j)
+
+    def ce(row, target):
+        return -math.log(math.exp(row[target] / tau) / sum(math.exp(v / tau) for v in row))
+
+    forward = (ce(sim[0], 0) + ce(sim[1], 1)) / 2
+    backward = (ce([sim[0][0], sim[1][0]], 0) + ce([sim[0][1], sim[1][1]], 1)) / 2
+    assert math.isclose(cross_view_info_nce(z1, z2, tau).item(), forward + backward, rel_tol=1e-6)
+
+
+def test_cross_view_info_nce_two_processes_match_one():
+    torch.manual_seed(0)
+    assert_sharded_matches_whole(sharded_cross_view_info_nce, [torch.randn(6, 8), torch.randn(6, 8)])

@@ -81,9 +81,13 @@ class MethodConfig:
     con_scale_2tau: bool = False  # multiply InfoNCE by 2*tau, as CMAE's code does
     momentum: float = 0.996  # EMA rate of the target encoder and projector
     momentum_schedule: str = "constant"  # constant | cosine (from `momentum` to 1.0 over the run)
+    # BatchNorm in projector/predictor heads: statistics over the global batch under torchrun
+    # (SyncBN, as MoCo v3 and CMAE's code); false: per rank
+    global_bn: bool = True
     # two-view methods (vic_mae, mae_simsiam, mae_vicreg)
     pooling: str = "mean"  # vic_mae's token pooling: mean | max | gem (learnable p)
     projector: str = "paper"  # vic_mae: paper (D -> 2D, 2D, 2D; appendix A) | released (D -> 4096 -> 128)
+    contrast: str = "eq3"  # vic_mae: eq3 (NT-Xent over 2N, mean) | algorithm1 (two cross-view directions, summed)
     rec_views: str = "both"  # reconstruct both views (averaged) | first (Algorithm 1)
     con_start_epoch: float = 0.0  # lambda is 0 before this epoch, then con_weight (ViC-MAE: 200 of 800)
     vicreg_weights: list[float] = field(default_factory=lambda: [25.0, 25.0, 1.0])  # invariance, variance, covariance
@@ -162,6 +166,69 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _non_negative(v) -> bool:
+    return v >= 0
+
+
+def _fraction(v) -> bool:  # [0, 1)
+    return 0 <= v < 1
+
+
+def _unit(v) -> bool:  # [0, 1]
+    return 0 <= v <= 1
+
+
+def _pair(check) -> Any:
+    return lambda v: len(v) == 2 and all(check(x) for x in v) and v[0] <= v[1]
+
+
+# Values the schema's types allow but no run can use, rejected when the config is loaded
+# rather than as a ZeroDivisionError (log_every=0) or a shape error hours later.
+# Enumerated choices (data.views, method.pooling, ...) are checked where they are built,
+# which also happens before training starts.
+_RULES: dict[str, tuple[Any, str]] = {
+    **{key: (_positive, "> 0") for key in (
+        "data.num_frames", "data.sampling_rate", "data.image_size", "model.tubelet_size", "model.decoder_dim",
+        "model.decoder_heads", "method.proj_hidden", "method.proj_dim", "method.pred_hidden", "method.temperature",
+        "train.epochs", "train.batch_size", "train.accum_steps", "train.log_every", "train.save_every",
+        "eval.clips", "eval.crops", "eval.batch_size", "eval.probe_epochs", "eval.probe_batch_size",
+        "eval.knn_k", "eval.knn_temperature", "finetune.epochs", "finetune.batch_size")},
+    **{key: (_non_negative, ">= 0") for key in (
+        "data.num_workers", "data.max_shift", "data.pixel_shift", "data.frame_gap", "model.patch_size",
+        "model.decoder_depth", "method.con_weight", "method.con_start_epoch", "train.base_lr", "train.lr",
+        "train.min_lr", "train.warmup_epochs", "train.weight_decay", "train.clip_grad", "train.keep_every",
+        "train.max_steps_per_epoch", "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay",
+        "finetune.base_lr", "finetune.min_lr", "finetune.warmup_epochs", "finetune.weight_decay",
+        "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.randaug_m", "finetune.clip_grad")},
+    **{key: (_fraction, "in [0, 1)") for key in (
+        "data.image_ratio", "model.drop_path", "method.mask_ratio", "finetune.drop_path", "finetune.label_smoothing")},
+    **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
+    "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "train.betas": (lambda v: len(v) == 2 and all(_fraction(x) for x in v), "two values in [0, 1)"),
+    "finetune.betas": (lambda v: len(v) == 2 and all(_fraction(x) for x in v), "two values in [0, 1)"),
+    "data.crop_scale": (_pair(lambda x: 0 < x <= 1), "[low, high] with 0 < low <= high <= 1"),
+    "data.crop_ratio": (_pair(_positive), "[low, high] with 0 < low <= high"),
+    "data.mean": (lambda v: len(v) == 3, "three values (R, G, B)"),
+    "data.std": (lambda v: len(v) == 3 and all(_positive(x) for x in v), "three positive values (R, G, B)"),
+    "method.vicreg_weights": (lambda v: len(v) == 3 and all(_non_negative(x) for x in v),
+                              "three values >= 0 (invariance, variance, covariance)"),
+}
+
+
+def validate(config: Config) -> Config:
+    """Raise ConfigError naming the first key whose value is out of its range."""
+    for key, (check, expected) in _RULES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not check(value):
+            raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+    return config
 
 
 def _check_value(key: str, value: Any, annotation: Any) -> Any:
@@ -261,14 +328,14 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raise ConfigError(f"{path}: {error}") from None
     for text in overrides:
         set_key(config, *parse_override(text))
-    return config
+    return validate(config)
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a Config from `to_dict()` output (e.g. the one stored in a checkpoint)."""
     config = Config()
     _apply(config, values, "")
-    return config
+    return validate(config)
 
 
 def save_config(config: Config, path: str | Path) -> None:

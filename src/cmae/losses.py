@@ -73,6 +73,20 @@ def symmetric_info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -
     return F.cross_entropy(logits, positive_index)
 
 
+def cross_view_info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """ViC-MAE's Algorithm 1: ctr(p_i, z_j) + ctr(z_j, p_i), a **sum** of two directions.
+
+    z1, z2: `[B, D]` this rank's embeddings of the two views. Each direction is InfoNCE
+    whose candidates are the other view's embeddings of the global batch (gathered with
+    gradient, positives by global index); unlike eq. 3 the same view gives no negatives,
+    and the sum is twice the scale of `symmetric_info_nce`'s mean.
+    """
+    rank, _ = rank_and_world()
+    labels = torch.arange(z1.shape[0], device=z1.device) + z1.shape[0] * rank
+    return (info_nce(z1, gather_with_grad(z2), temperature, labels)
+            + info_nce(z2, gather_with_grad(z1), temperature, labels))
+
+
 def simsiam_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """SimSiam's negative-cosine term 2(1 - p.z) of eq. 4, with the stop-gradient on z."""
     return 2 - 2 * (F.normalize(p.float(), dim=-1) * F.normalize(z.detach().float(), dim=-1)).sum(-1).mean()

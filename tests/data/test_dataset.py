@@ -43,3 +43,12 @@ def test_all_corrupt_is_a_clear_error(tmp_path):
     (tmp_path / "list.txt").write_text("bad.mp4 0\n")
     with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="could not be decoded"):
         VideoDataset(tmp_path / "list.txt", make_view())[0]
+
+
+def test_a_bug_in_a_view_is_not_mistaken_for_a_corrupt_file(synth_dir):
+    def broken_view(source):
+        raise IndexError("a sampling bug")
+
+    dataset = VideoDataset(synth_dir / "train.txt", broken_view)
+    with pytest.raises(IndexError, match="a sampling bug"):
+        dataset[0]

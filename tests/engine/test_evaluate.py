@@ -74,6 +74,27 @@ def test_image_lists_evaluate_a_video_encoder(synth_dir, tiny_run, tmp_path):
     assert summary["num_train"] == 8 and summary["num_classes"] == 2
 
 
+def test_feature_cache_follows_the_data_and_leaves_out_bad_files(synth_dir, tiny_run, tmp_path):
+    """An ImageFolder tree changed under the same root is re-extracted, not served stale; an
+    undecodable file is left out of the evaluation and counted, never scored as a duplicate."""
+    from PIL import Image
+
+    def folder_overrides():
+        return [f"data.train={tmp_path / 'train'}", f"data.val={tmp_path / 'val'}", "data.num_frames=1"]
+
+    for split in ("train", "val"):
+        for k in range(6):
+            (tmp_path / split / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 32), (40 * k, 100, 255 - 40 * k)).save(tmp_path / split / f"c{k % 2}" / f"{k}.png")
+    checkpoint = tiny_run / "checkpoint-last.pt"
+    first = frozen_evaluation("knn", checkpoint, tmp_path / "a", overrides=folder_overrides())
+    assert (first["num_val"], first["skipped_val"]) == (6, 0)
+    (tmp_path / "val" / "c0" / "0.png").write_bytes(b"not a png")  # same root, same file names
+    with pytest.warns(UserWarning, match="1 of 6 files could not be decoded"):
+        second = frozen_evaluation("knn", checkpoint, tmp_path / "b", overrides=folder_overrides())
+    assert (second["num_val"], second["skipped_val"], second["skipped_train"]) == (5, 1, 0)
+
+
 def test_knn_on_a_hand_made_set():
     train_x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     train_y = torch.tensor([0, 0, 1, 1])

@@ -70,6 +70,18 @@ def test_projector_options():
         make("method.projector=huge")
 
 
+def test_contrast_options():
+    """eq3 (default) and Algorithm 1's summed cross-view form give different losses on one batch."""
+    batch = views()
+    torch.manual_seed(1)
+    eq3 = make("method.con_start_epoch=0")(batch).terms["loss_con"]
+    torch.manual_seed(1)
+    algorithm1 = make("method.con_start_epoch=0", "method.contrast=algorithm1")(batch).terms["loss_con"]
+    assert torch.isfinite(eq3) and torch.isfinite(algorithm1) and not torch.isclose(eq3, algorithm1)
+    with pytest.raises(ConfigError, match="method.contrast"):
+        make("method.contrast=eq4")
+
+
 def test_simsiam_target_gets_no_gradient_and_baselines_need_cls():
     with pytest.raises(ConfigError, match="model.cls_token=true"):
         make("method.name=mae_simsiam")

@@ -61,11 +61,10 @@ class VideoDataset(Dataset):
         return len(self.samples)
 
     def load(self, sample: Sample) -> dict[str, torch.Tensor]:
+        # Readers raise DecodeError for bad files; any other error is a bug and propagates.
         source = open_source(sample.path, self.backend)
         try:
             return self.view(source)
-        except (IndexError, RuntimeError) as error:  # a file that opened but broke mid-decode
-            raise DecodeError(f"{sample.path}: {error}") from error
         finally:
             source.close()
 

@@ -25,12 +25,17 @@ class DistInfo:
 
 
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes in the environment (NCCL on CUDA, gloo on CPU)."""
+    """Join the process group torchrun describes in the environment.
+
+    On CUDA the group has two backends: NCCL for CUDA tensors (gradients, gathered
+    embeddings) and gloo for the small CPU tensors the loop reduces (loss logs, decode
+    failure counts, RNG states), so neither has to be copied to the GPU first.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -44,6 +49,24 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.all_reduce(values)
     return values
+
+
+def all_true(flag: bool) -> bool:
+    """True on every rank only if `flag` is true on every rank (so all ranks stop together)."""
+    if not is_dist():
+        return flag
+    value = torch.tensor([0.0 if flag else 1.0])
+    dist.all_reduce(value)
+    return value.item() == 0
+
+
+def gather_objects(obj):
+    """Every rank's picklable `obj`, in rank order (a one-element list without a group)."""
+    if not is_dist():
+        return [obj]
+    objects = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
 
 
 def barrier() -> None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import random
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,22 +60,33 @@ def balanced_fraction(labels: Sequence[int], fraction: float, seed: int = 0) -> 
     return sorted(chosen)
 
 
-def _cache_key(checkpoint: str | Path, source: str, config: Config) -> str:
-    """Changes with the checkpoint file, the data list and every setting that shapes a feature."""
-    parts: list[Any] = [source, config.eval.feature, config.eval.clips, config.eval.crops]
-    parts += [config.data.num_frames, config.data.sampling_rate, config.data.image_size, config.data.mean,
-              config.data.std]
-    for path in (Path(checkpoint), Path(source)):
-        stat = path.stat()
-        parts += [str(path.resolve()), stat.st_mtime_ns, stat.st_size]
-    return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+def _cache_key(checkpoint: str | Path, samples: Sequence[Sample], config: Config) -> str:
+    """Changes with the checkpoint file, every sample (path, label, size, modification time:
+    a file replaced, added or relabelled in a list or an ImageFolder tree) and every
+    setting that shapes a feature."""
+    digest = hashlib.sha1()
+    parts: list[Any] = [config.eval.feature, config.eval.clips, config.eval.crops, config.data.num_frames,
+                        config.data.sampling_rate, config.data.image_size, config.data.mean, config.data.std]
+    for path in [Path(checkpoint), *(sample.path for sample in samples)]:
+        try:
+            stat = path.stat()
+            parts += [str(path.resolve()), stat.st_mtime_ns, stat.st_size]
+        except OSError:  # a missing file is part of the data set's state too
+            parts += [str(path), None]
+    parts += [sample.label for sample in samples]
+    digest.update(json.dumps(parts, default=str).encode())
+    return digest.hexdigest()[:16]
 
 
 @torch.no_grad()
 def extract_features(
     encoder: nn.Module, samples: Sequence[Sample], config: Config, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen features `[N, D]` and labels `[N]` of `samples`, views averaged."""
+    """Frozen features `[N', D]` and labels `[N']` of `samples`, views averaged.
+
+    A file that cannot be decoded is left out (N' < N) with a warning that counts them:
+    training may replace it by a neighbour, but an evaluation must not score a duplicate.
+    """
     device = device or resolve_device(config.train.device)
     was_training = encoder.training
     encoder.eval().to(device)
@@ -86,27 +98,36 @@ def extract_features(
         clips = batch["video"].to(device)  # [B, V, C, T, H, W]
         b, v = clips.shape[:2]
         tokens = encoder(clips.flatten(0, 1))
-        features.append(pool_tokens(encoder, tokens, config.eval.feature).float().reshape(b, v, -1).mean(1).cpu())
-        labels.append(batch["label"])
+        pooled = pool_tokens(encoder, tokens, config.eval.feature).float().reshape(b, v, -1).mean(1).cpu()
+        decoded = batch["num_failed"] == 0  # the others stand in for an undecodable file
+        features.append(pooled[decoded])
+        labels.append(batch["label"][decoded])
     encoder.train(was_training)
-    return torch.cat(features), torch.cat(labels)
+    features, labels = torch.cat(features), torch.cat(labels)
+    if len(features) < len(samples):
+        warnings.warn(f"{len(samples) - len(features)} of {len(samples)} files could not be decoded "
+                      "and are left out of the evaluation (the warnings above name them)", stacklevel=2)
+    return features, labels
 
 
 def cached_features(
     encoder: nn.Module, source: str, config: Config, checkpoint: str | Path, cache_dir: Path
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`extract_features` of a list file / ImageFolder, reusing `cache_dir/<key>.pt` when present."""
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`extract_features` of a list file / ImageFolder, reusing `cache_dir/<key>.pt` when present.
+    Returns features, labels and the number of files left out as undecodable."""
     samples = read_samples(source)
     if not config.eval.cache or str(checkpoint) == "random":
-        return extract_features(encoder, samples, config)
-    path = cache_dir / f"{_cache_key(checkpoint, source, config)}.pt"
+        features, labels = extract_features(encoder, samples, config)
+        return features, labels, len(samples) - len(features)
+    path = cache_dir / f"{_cache_key(checkpoint, samples, config)}.pt"
     if path.is_file():
         state = torch.load(path, weights_only=True)
-        return state["features"], state["labels"]
-    features, labels = extract_features(encoder, samples, config)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"features": features, "labels": labels, "source": str(source)})
-    return features, labels
+        features, labels = state["features"], state["labels"]
+    else:
+        features, labels = extract_features(encoder, samples, config)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(path, {"features": features, "labels": labels, "source": str(source)})
+    return features, labels, len(samples) - len(features)
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
@@ -186,8 +207,8 @@ def frozen_evaluation(protocol: str, checkpoint: str | Path, output: str | Path,
         raise ConfigError(f"{protocol} needs data.train and data.val (list files or ImageFolder trees)")
     encoder = method.encoder
     cache_dir = Path(checkpoint).parent / "features"
-    train_x, train_y = cached_features(encoder, config.data.train, config, checkpoint, cache_dir)
-    val_x, val_y = cached_features(encoder, config.data.val, config, checkpoint, cache_dir)
+    train_x, train_y, train_skipped = cached_features(encoder, config.data.train, config, checkpoint, cache_dir)
+    val_x, val_y, val_skipped = cached_features(encoder, config.data.val, config, checkpoint, cache_dir)
     keep = balanced_fraction(train_y.tolist(), config.eval.label_fraction, config.eval.fraction_seed)
     train_x, train_y = train_x[keep], train_y[keep]
     num_classes = int(max(train_y.max(), val_y.max())) + 1
@@ -198,6 +219,7 @@ def frozen_evaluation(protocol: str, checkpoint: str | Path, output: str | Path,
                               config.eval.knn_temperature)
     summary = {**result, "protocol": protocol, "checkpoint": str(checkpoint), "train": config.data.train,
                "val": config.data.val, "num_train": len(train_x), "num_val": len(val_x),
+               "skipped_train": train_skipped, "skipped_val": val_skipped,
                "num_classes": num_classes, "feature_dim": train_x.shape[1],
                "label_fraction": config.eval.label_fraction, "views": config.eval.clips * config.eval.crops}
     output = Path(output)

@@ -27,7 +27,6 @@ from cmae.engine.distributed import all_reduce_sum, rank_and_world
 from cmae.engine.evaluate import balanced_fraction, pool_tokens, topk_accuracy
 from cmae.engine.loading import load_pretrained
 from cmae.engine.pretrain import Job, train_loop
-from cmae.engine.runtime import to_device
 from cmae.engine.schedule import no_weight_decay
 from cmae.methods.base import MethodOutput
 from cmae.models import build_encoder
@@ -94,21 +93,26 @@ class FinetuneObjective(nn.Module):
 
 @torch.no_grad()
 def multiview_accuracy(classifier: Classifier, dataset, config: Config, device: torch.device) -> dict[str, float]:
-    """Top-1/top-5 with softmax averaged over each video's V views, summed over ranks."""
+    """Top-1/top-5 with softmax averaged over each video's V views, summed over ranks.
+    Undecodable files are left out and counted (`skipped_val`), as in `extract_features`."""
     classifier.eval()
     rank, world = rank_and_world()
     indices = list(range(rank, len(dataset), world))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=config.eval.batch_size,
                         num_workers=config.data.num_workers)
-    correct = torch.zeros(2, dtype=torch.float64)
+    totals = torch.zeros(3, dtype=torch.float64)  # top-1 hits, top-5 hits, videos scored
     for batch in loader:
-        batch = to_device(batch, device)
-        clips = batch["video"]  # [B, V, C, T, H, W]
+        decoded = batch["num_failed"] == 0  # the others stand in for an undecodable file
+        clips = batch["video"][decoded].to(device)  # [B, V, C, T, H, W]
+        if len(clips) == 0:
+            continue
         probs = classifier(clips.flatten(0, 1)).float().softmax(-1).reshape(*clips.shape[:2], -1).mean(1)
-        accuracy = topk_accuracy(probs.cpu(), batch["label"].cpu())
-        correct += torch.tensor([accuracy["top1"], accuracy["top5"]], dtype=torch.float64) * len(probs) / 100
-    correct = all_reduce_sum(correct)
-    return {"top1": 100.0 * correct[0].item() / len(dataset), "top5": 100.0 * correct[1].item() / len(dataset)}
+        accuracy = topk_accuracy(probs.cpu(), batch["label"][decoded])
+        totals += torch.tensor([accuracy["top1"] / 100, accuracy["top5"] / 100, 1.0], dtype=torch.float64) * len(probs)
+    top1, top5, scored = all_reduce_sum(totals).tolist()
+    if scored == 0:
+        raise RuntimeError(f"none of the {len(dataset)} test files could be decoded")
+    return {"top1": 100.0 * top1 / scored, "top5": 100.0 * top5 / scored, "skipped_val": len(dataset) - int(scored)}
 
 
 def finetune_train_config(config: Config) -> TrainConfig:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +27,15 @@ from cmae.data.dataset import VideoDataset
 from cmae.data.lists import Sample, mix_samples, read_samples
 from cmae.data.views import build_view
 from cmae.engine.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
-from cmae.engine.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from cmae.engine.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    all_true,
+    barrier,
+    cleanup,
+    gather_objects,
+    init_distributed,
+)
 from cmae.engine.runtime import (
     MetricsLog,
     autocast,
@@ -200,7 +209,7 @@ def _train_loop(config: Config, output: Path, make_job, resume, device: torch.de
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, step = state["epoch"], state["step"]
-        set_rng_states(state["rng"])
+        restore_rng(state["rng"], dist_info, config.train.seed + start_epoch * dist_info.world_size)
         if dist_info.is_main:
             truncate_metrics(metrics.path, step)
     if dist_info.is_main:
@@ -234,9 +243,10 @@ def _train_loop(config: Config, output: Path, make_job, resume, device: torch.de
                 sync = micro == accum - 1 or not dist_info.enabled
                 with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, dtype):
                     out = model(data)
-                if not torch.isfinite(out.loss):
+                # Every rank must agree, or the ranks that carry on would wait for this one forever.
+                if not all_true(bool(torch.isfinite(out.loss))):
                     raise FloatingPointError(
-                        f"loss is {out.loss.item()} at step {step} (epoch {epoch}); "
+                        f"loss is not finite on some rank (here {out.loss.item()}) at step {step} (epoch {epoch}); "
                         f"the last checkpoint in {output} is intact. Try a lower lr or train.clip_grad"
                     )
                 scaler.scale(out.loss / accum).backward()
@@ -268,6 +278,7 @@ def _train_loop(config: Config, output: Path, make_job, resume, device: torch.de
                   + "  ".join(f"{k} {v:.4f}" for k, v in last_terms.items())
                   + f"  ({time.time() - started:.0f}s)", flush=True)
         if (epoch + 1) % train.save_every == 0 or epoch + 1 == train.epochs:
+            rng = gather_objects(rng_states())  # every rank's, so each resumes its own stream
             if dist_info.is_main:
                 save_checkpoint(output / CHECKPOINT_NAME, {
                     "model": method.state_dict(),
@@ -275,7 +286,7 @@ def _train_loop(config: Config, output: Path, make_job, resume, device: torch.de
                     "scaler": scaler.state_dict(),
                     "epoch": epoch + 1,
                     "step": step,
-                    "rng": rng_states(),
+                    "rng": rng,
                     "config": config.to_dict(),
                 })
                 if train.keep_every > 0 and (epoch + 1) % train.keep_every == 0:
@@ -298,6 +309,23 @@ def check_resumable(config: Config, saved: Config, path) -> None:
     for section in ("model", "method"):
         if getattr(config, section) != getattr(saved, section):
             raise ConfigError(f"cannot resume from {path}: its {section} config differs from this run's")
+
+
+def restore_rng(saved: list[dict] | dict, dist_info: DistInfo, reseed: int) -> None:
+    """Give each rank back its own RNG streams (masks, augmentations, data-loader seeds).
+
+    A run resumed on a different number of processes cannot continue the old streams:
+    each rank then starts fresh ones from `reseed + rank`, which keeps ranks distinct and
+    the run reproducible, though not identical to an uninterrupted one.
+    """
+    saved = [saved] if isinstance(saved, dict) else saved  # checkpoints before per-rank states
+    if len(saved) == dist_info.world_size:
+        set_rng_states(saved[dist_info.rank])
+        return
+    if dist_info.is_main:
+        warnings.warn(f"the checkpoint holds RNG states of {len(saved)} process(es), this run has "
+                      f"{dist_info.world_size}: starting new random streams (seed {reseed} + rank)")
+    seed_everything(reseed + dist_info.rank)
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -57,11 +57,11 @@ class CMAEV(VideoMAE):
         self.momentum, self.momentum_schedule = m.momentum, m.momentum_schedule
         width = self.encoder.embed_dim
         self.feature_proj = nn.Linear(config.model.decoder_dim, width) if m.feature == "decoder" else nn.Identity()
-        self.projector = MLPHead(width, [m.proj_hidden], m.proj_dim)
-        self.predictor = MLPHead(m.proj_dim, [m.pred_hidden], m.proj_dim)
+        self.projector = MLPHead(width, [m.proj_hidden], m.proj_dim, m.global_bn)
+        self.predictor = MLPHead(m.proj_dim, [m.pred_hidden], m.proj_dim, m.global_bn)
         # The target encoder has no stochastic depth: it is a teacher, not trained by gradient.
         self.target_encoder = build_encoder(dataclasses.replace(config.model, drop_path=0.0))
-        self.target_projector = MLPHead(width, [m.proj_hidden], m.proj_dim)
+        self.target_projector = MLPHead(width, [m.proj_hidden], m.proj_dim, m.global_bn)
         for online, target in self.ema_pairs():
             target.load_state_dict(online.state_dict())
             target.requires_grad_(False)

@@ -27,8 +27,8 @@ class MAESimSiam(TwoViewMAE):
         require_cls_token(config, self.name)
         super().__init__(config)
         m, width = config.method, self.encoder.embed_dim
-        self.projector = MLPHead(width, [m.proj_hidden], m.proj_dim)
-        self.predictor = MLPHead(m.proj_dim, [m.pred_hidden], m.proj_dim)
+        self.projector = MLPHead(width, [m.proj_hidden], m.proj_dim, m.global_bn)
+        self.predictor = MLPHead(m.proj_dim, [m.pred_hidden], m.proj_dim, m.global_bn)
 
     def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.projector(tokens[:, 0])

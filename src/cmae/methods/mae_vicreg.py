@@ -23,7 +23,8 @@ class MAEVICReg(TwoViewMAE):
     def __init__(self, config: Config):
         require_cls_token(config, self.name)
         super().__init__(config)
-        self.projector = vic_mae_projector(self.encoder.embed_dim, "paper")  # Bardes et al.'s expander
+        # Bardes et al.'s expander
+        self.projector = vic_mae_projector(self.encoder.embed_dim, "paper", config.method.global_bn)
         self.weights = config.method.vicreg_weights
 
     def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -13,19 +13,23 @@ import torch
 import torch.nn.functional as F
 
 from cmae.config import Config, ConfigError
-from cmae.losses import symmetric_info_nce
+from cmae.losses import cross_view_info_nce, symmetric_info_nce
 from cmae.methods.two_view import TwoViewMAE
 from cmae.models.heads import MLPHead, Pooling
 
+# eq. 3 (default): NT-Xent, mean over the 2N anchors, negatives from both views;
+# algorithm1: ctr(p, z) + ctr(z, p), negatives from the other view only, summed.
+CONTRASTIVE_LOSSES = {"eq3": symmetric_info_nce, "algorithm1": cross_view_info_nce}
 
-def vic_mae_projector(width: int, kind: str) -> MLPHead:
+
+def vic_mae_projector(width: int, kind: str, global_bn: bool = True) -> MLPHead:
     """paper (appendix A, after Bardes et al.): Linear D -> 2D, then two size-preserving
     Linear layers, with BatchNorm + ReLU between: D -> 2D -> 2D -> 2D.
     released: the authors' code, D -> 4096 -> 128."""
     if kind == "paper":
-        return MLPHead(width, [2 * width, 2 * width], 2 * width)
+        return MLPHead(width, [2 * width, 2 * width], 2 * width, global_bn)
     if kind == "released":
-        return MLPHead(width, [4096], 128)
+        return MLPHead(width, [4096], 128, global_bn)
     raise ConfigError(f"unknown method.projector {kind!r}; use paper or released")
 
 
@@ -38,12 +42,16 @@ class ViCMAE(TwoViewMAE):
             self.pool = Pooling(config.method.pooling)
         except ValueError as error:
             raise ConfigError(f"method.pooling: {error}") from None
-        self.projector = vic_mae_projector(self.encoder.embed_dim, config.method.projector)
+        m = config.method
+        self.projector = vic_mae_projector(self.encoder.embed_dim, m.projector, m.global_bn)
         self.temperature = config.method.temperature
+        if m.contrast not in CONTRASTIVE_LOSSES:
+            raise ConfigError(f"unknown method.contrast {m.contrast!r}; use eq3 or algorithm1")
+        self.contrastive_loss = CONTRASTIVE_LOSSES[m.contrast]
 
     def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:
         """Omega over the visible patch tokens, projected and L2-normalised."""
         return F.normalize(self.projector(self.pool(tokens[:, self.encoder.num_prefix_tokens :])), dim=-1)
 
     def pair_loss(self, f1, f2):
-        return symmetric_info_nce(f1, f2, self.temperature), {}
+        return self.contrastive_loss(f1, f2, self.temperature), {}
