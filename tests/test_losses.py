@@ -4,7 +4,15 @@ import math
 
 import torch
 
-from cmae.losses import cross_view_info_nce, global_info_nce, info_nce, reconstruction_loss, simsiam_loss, symmetric_info_nce, vicreg_terms
+from cmae.losses import (
+    cross_view_info_nce,
+    global_info_nce,
+    info_nce,
+    reconstruction_loss,
+    simsiam_loss,
+    symmetric_info_nce,
+    vicreg_terms,
+)
 from tests.sharded import assert_sharded_matches_whole
 
 

@@ -10,13 +10,12 @@ from pathlib import Path
 
 from cmae.config import ConfigError, load_config
 
-DEMO_EPOCHS = 20
-
 
 def cmd_synth(args: argparse.Namespace) -> None:
     from cmae.data.synth import SynthSpec, write_synthetic_dataset
 
-    spec = SynthSpec(num_train=args.train, num_val=args.val, num_frames=args.frames, size=args.size, seed=args.seed)
+    spec = SynthSpec(num_train=args.train, num_val=args.val, num_frames=args.frames, size=args.size, seed=args.seed,
+                     background_drift=args.background_drift, distractors=args.distractors)
     started = time.time()
     summary = write_synthetic_dataset(args.output, spec, progress=True)
     print(json.dumps(summary, indent=2, default=str))
@@ -60,9 +59,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from cmae.demo import run_demo
+    import dataclasses
 
-    run_demo(args.output, epochs=args.epochs, overrides=args.overrides)
+    from cmae.demo import DEMO_EPOCHS, DEMO_SPEC, run_demo
+
+    spec = dataclasses.replace(DEMO_SPEC, num_train=args.train_clips or DEMO_SPEC.num_train,
+                               num_val=args.val_clips or DEMO_SPEC.num_val)
+    run_demo(args.output, epochs=args.epochs or DEMO_EPOCHS, spec=spec, overrides=args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--frames", type=int, default=16)
     synth.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--background-drift", type=float, default=0.3,
+                       help="largest background travel over a clip, as a fraction of the frame (0: static)")
+    synth.add_argument("--distractors", type=int, default=3, help="largest number of distractor objects")
     synth.set_defaults(func=cmd_synth)
 
     pre = commands.add_parser("pretrain", help="self-supervised pre-training")
@@ -116,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job end to end on the synthetic data set")
     demo.add_argument("--output", default="runs/demo")
-    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="pre-training epochs of every method")
+    demo.add_argument("--epochs", type=int, help="pre-training epochs of every method (default 6)")
+    demo.add_argument("--train-clips", type=int, help="synthetic training clips (default 1600)")
+    demo.add_argument("--val-clips", type=int, help="synthetic validation clips (default 640)")
     demo.add_argument("overrides", nargs="*", metavar="key=value")
     demo.set_defaults(func=cmd_demo)
     return parser

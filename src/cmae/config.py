@@ -332,10 +332,11 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    """Rebuild a Config from `to_dict()` output (e.g. the one stored in a checkpoint)."""
+    """Rebuild a Config from `to_dict()` output (e.g. the one stored in a checkpoint). Types are
+    checked, ranges are not: a stored config stays loadable; callers validate what they run."""
     config = Config()
     _apply(config, values, "")
-    return validate(config)
+    return config
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -174,3 +174,11 @@ def test_single_frame_does_not_give_away_the_class():
             assert inside.min() > 0.2
         for clips in (a_clips, b_clips):
             assert {p.obj.shape for p in clips} == set(range(len(OBJECT_CLASSES)))
+
+
+def test_background_drift_and_distractors_are_options():
+    rng = np.random.default_rng(0)
+    plain = sample_clip(0, rng, num_frames=8, size=32, background_drift=0.0, distractors=0)
+    assert plain.distractors == [] and np.allclose(plain.bg_offset, plain.bg_offset[0])
+    busy = sample_clip(0, np.random.default_rng(0), num_frames=8, size=32, background_drift=0.3, distractors=3)
+    assert 1 <= len(busy.distractors) <= 3 and not np.allclose(busy.bg_offset, busy.bg_offset[0])

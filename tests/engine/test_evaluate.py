@@ -57,6 +57,9 @@ def test_knn_and_random_floor(synth_dir, tiny_run, tmp_path):
     assert {"top1", "top5"} <= set(knn) and {"top1", "top5"} <= set(random)
     with pytest.raises(ConfigError, match="needs --config"):
         frozen_evaluation("knn", "random", tmp_path / "x")
+    with pytest.raises(ConfigError, match="'eval.knn_temperature' must be > 0"):
+        frozen_evaluation("knn", tiny_run / "checkpoint-last.pt", tmp_path / "y",
+                          overrides=eval_overrides(synth_dir) + ["eval.knn_temperature=0"])
 
 
 def test_image_lists_evaluate_a_video_encoder(synth_dir, tiny_run, tmp_path):

@@ -130,6 +130,9 @@ class PyAVReader(_Reader):
             else:
                 seconds = (self._container.duration or 0) / 1e6  # in AV_TIME_BASE units
             self.num_frames = round(seconds * self.fps)
+        # Callers plan clips from this count; indices that a later correction of num_frames
+        # (a header that overstated the length) leaves past the end get the last frame.
+        self._declared_frames = self.num_frames
 
 
     def _decode(self, wanted: list[int], seek: bool) -> dict[int, np.ndarray]:
@@ -174,7 +177,7 @@ class PyAVReader(_Reader):
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         import av
 
-        idx = _check_indices(indices, self.num_frames, self.path)
+        idx = [min(i, self.num_frames - 1) for i in _check_indices(indices, self._declared_frames, self.path)]
         try:
             frames = self._decode(sorted(set(idx)), seek=True)
         except av.FFmpegError as e:

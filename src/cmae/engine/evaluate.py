@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import warnings
 from collections import defaultdict
@@ -67,10 +68,11 @@ def _cache_key(checkpoint: str | Path, samples: Sequence[Sample], config: Config
     digest = hashlib.sha1()
     parts: list[Any] = [config.eval.feature, config.eval.clips, config.eval.crops, config.data.num_frames,
                         config.data.sampling_rate, config.data.image_size, config.data.mean, config.data.std]
+    parts.append(str(Path(checkpoint).resolve()))
     for path in [Path(checkpoint), *(sample.path for sample in samples)]:
         try:
-            stat = path.stat()
-            parts += [str(path.resolve()), stat.st_mtime_ns, stat.st_size]
+            stat = os.stat(path)  # one system call per file: fine for hundreds of thousands
+            parts += [str(path), stat.st_mtime_ns, stat.st_size]
         except OSError:  # a missing file is part of the data set's state too
             parts += [str(path), None]
     parts += [sample.label for sample in samples]

@@ -151,8 +151,9 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
                                backend=config.data.decoder)
 
         def finish(trained: FinetuneObjective) -> dict[str, Any]:
-            return {**multiview_accuracy(trained.classifier, test_set, config, device), "protocol": "finetune",
-                    "checkpoint": str(checkpoint), "num_train": len(samples), "num_val": len(val_samples),
+            result = multiview_accuracy(trained.classifier, test_set, config, device)
+            return {**result, "protocol": "finetune", "checkpoint": str(checkpoint), "num_train": len(samples),
+                    "num_val": len(val_samples) - result["skipped_val"],
                     "num_classes": num_classes, "label_fraction": config.eval.label_fraction}
 
         return Job(objective, dataset, layer_decay_groups(classifier, ft.weight_decay, ft.layer_decay), train, finish)

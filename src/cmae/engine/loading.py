@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from cmae.config import Config, ConfigError, config_from_dict, load_config, set_key, parse_override
+from cmae.config import Config, ConfigError, config_from_dict, load_config, parse_override, set_key, validate
 from cmae.engine.checkpoint import load_checkpoint
 from cmae.methods import build_method
 
@@ -36,6 +36,7 @@ def load_pretrained(
             config = _overlay(config, load_config(config_path), Path(config_path))
         for text in overrides:
             set_key(config, *parse_override(text))
+        validate(config)
         method = build_method(config)
         method.load_state_dict(state["model"])
     return config, method.eval()

@@ -209,7 +209,7 @@ def _train_loop(config: Config, output: Path, make_job, resume, device: torch.de
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, step = state["epoch"], state["step"]
-        restore_rng(state["rng"], dist_info, config.train.seed + start_epoch * dist_info.world_size)
+        restore_rng(state["rng"], dist_info, config.train.seed + 1_000_003 * start_epoch)
         if dist_info.is_main:
             truncate_metrics(metrics.path, step)
     if dist_info.is_main:
