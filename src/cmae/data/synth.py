@@ -170,7 +170,7 @@ def sample_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, siz
         ang = rng.uniform(0, 2 * np.pi) + rng.uniform(-1.2, 1.2) * np.pi * tc
         body, mark = _random_colors(rng)
         sprites.append(Sprite(int(rng.integers(len(OBJECT_CLASSES))), body, mark,
-                                  mid + travel * tc[:, None], ang, r))
+                              mid + travel * tc[:, None], ang, r))
 
     return ClipParams(motion, size, obj, sprites, texture, bg_offset)
 
