@@ -84,3 +84,9 @@ class VideoDataset(Dataset):
             f"(last: {self.samples[(index + MAX_CONSECUTIVE_FAILURES - 1) % len(self.samples)].path}); "
             "check the data set and the decoder (data.decoder)"
         )
+
+
+def decoded_items(batch: dict) -> torch.Tensor:
+    """`[B]` mask of a collated batch's items that are their own sample: the others stood in
+    for an undecodable file and duplicate a neighbour, which an evaluation must not score."""
+    return batch["num_failed"] == 0

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cmae.config import Config, ConfigError, EvalConfig
-from cmae.data.dataset import VideoDataset
+from cmae.data.dataset import VideoDataset, decoded_items
 from cmae.data.lists import Sample, read_samples
 from cmae.data.views import MultiViewClips
 from cmae.engine.checkpoint import save_checkpoint
@@ -101,7 +101,7 @@ def extract_features(
         b, v = clips.shape[:2]
         tokens = encoder(clips.flatten(0, 1))
         pooled = pool_tokens(encoder, tokens, config.eval.feature).float().reshape(b, v, -1).mean(1).cpu()
-        decoded = batch["num_failed"] == 0  # the others stand in for an undecodable file
+        decoded = decoded_items(batch)
         features.append(pooled[decoded])
         labels.append(batch["label"][decoded])
     encoder.train(was_training)
@@ -118,17 +118,16 @@ def cached_features(
     """`extract_features` of a list file / ImageFolder, reusing `cache_dir/<key>.pt` when present.
     Returns features, labels and the number of files left out as undecodable."""
     samples = read_samples(source)
-    if not config.eval.cache or str(checkpoint) == "random":
-        features, labels = extract_features(encoder, samples, config)
-        return features, labels, len(samples) - len(features)
-    path = cache_dir / f"{_cache_key(checkpoint, samples, config)}.pt"
-    if path.is_file():
+    use_cache = config.eval.cache and str(checkpoint) != "random"
+    path = cache_dir / f"{_cache_key(checkpoint, samples, config)}.pt" if use_cache else None
+    if path is not None and path.is_file():
         state = torch.load(path, weights_only=True)
         features, labels = state["features"], state["labels"]
     else:
         features, labels = extract_features(encoder, samples, config)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(path, {"features": features, "labels": labels, "source": str(source)})
+        if path is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(path, {"features": features, "labels": labels, "source": str(source)})
     return features, labels, len(samples) - len(features)
 
 

@@ -20,7 +20,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cmae.config import Config, ConfigError, TrainConfig
-from cmae.data.dataset import VideoDataset
+from cmae.data.dataset import VideoDataset, decoded_items
 from cmae.data.lists import read_samples
 from cmae.data.views import ClipView, MultiViewClips
 from cmae.engine.distributed import all_reduce_sum, rank_and_world
@@ -102,7 +102,7 @@ def multiview_accuracy(classifier: Classifier, dataset, config: Config, device: 
                         num_workers=config.data.num_workers)
     totals = torch.zeros(3, dtype=torch.float64)  # top-1 hits, top-5 hits, videos scored
     for batch in loader:
-        decoded = batch["num_failed"] == 0  # the others stand in for an undecodable file
+        decoded = decoded_items(batch)
         clips = batch["video"][decoded].to(device)  # [B, V, C, T, H, W]
         if len(clips) == 0:
             continue
