@@ -118,7 +118,7 @@ class TrainConfig:
 class EvalConfig:
     """Linear probe, kNN and shared evaluation settings (MAE / ViC-MAE Table 7 defaults)."""
 
-    feature: str = "mean"  # mean of patch tokens | cls (models with a class token)
+    feature: str = "mean"  # mean of patch tokens | temporal (per-time-step means, concatenated) | cls
     clips: int = 1  # temporal clips per video at test time (K400 5, SSv2 2, ViC-MAE K400 7)
     crops: int = 1  # spatial crops per clip at test time (papers: 3)
     label_fraction: float = 1.0  # train on a seeded, class-balanced fraction of the labels

@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from cmae.config import ConfigError, DataConfig, EvalConfig, load_config
+from cmae.data.lists import read_samples
 from cmae.data.views import MultiViewClips, crop_offsets, evenly_spaced_starts
-from cmae.engine.evaluate import balanced_fraction, frozen_evaluation, knn_classify, linear_probe, topk_accuracy
+from cmae.engine.evaluate import (balanced_fraction, extract_features, frozen_evaluation, knn_classify, linear_probe,
+                                  pool_tokens, topk_accuracy)
+from cmae.models import build_encoder
 from cmae.engine.pretrain import pretrain
 from tests.conftest import tiny_overrides
 
@@ -96,6 +99,33 @@ def test_feature_cache_follows_the_data_and_leaves_out_bad_files(synth_dir, tiny
     with pytest.warns(UserWarning, match="1 of 6 files could not be decoded"):
         second = frozen_evaluation("knn", checkpoint, tmp_path / "b", overrides=folder_overrides())
     assert (second["num_val"], second["skipped_val"], second["skipped_train"]) == (5, 1, 0)
+
+
+def test_temporal_feature_keeps_time_order():
+    class Encoder:
+        num_prefix_tokens = 1
+
+    # 2 time steps x 3 spatial tokens, time-major, after one class token.
+    tokens = torch.tensor([[[9.0], [1.0], [2.0], [3.0], [10.0], [20.0], [30.0]]])
+    assert pool_tokens(Encoder(), tokens, "temporal", time_steps=2).tolist() == [[2.0, 20.0]]
+    assert pool_tokens(Encoder(), tokens, "mean").tolist() == [[11.0]]
+    swapped = torch.cat([tokens[:, :1], tokens[:, 4:], tokens[:, 1:4]], dim=1)  # same frames, reversed order
+    assert pool_tokens(Encoder(), swapped, "temporal", 2).tolist() == [[20.0, 2.0]]
+    assert torch.equal(pool_tokens(Encoder(), swapped, "mean"), pool_tokens(Encoder(), tokens, "mean"))
+    with pytest.raises(ConfigError, match="unknown eval.feature 'max'"):
+        pool_tokens(Encoder(), tokens, "max")
+
+
+def test_temporal_features_of_clips_average_to_the_mean_feature(synth_dir):
+    config = load_config(PRESET, tiny_overrides(synth_dir) + ["eval.batch_size=4"])
+    encoder = build_encoder(config.model)
+    samples = read_samples(synth_dir / "val.txt")[:6]
+    mean, labels = extract_features(encoder, samples, config)
+    config.eval.feature = "temporal"
+    temporal, same_labels = extract_features(encoder, samples, config)
+    time_steps = config.data.num_frames // config.model.tubelet_size
+    assert temporal.shape == (6, time_steps * mean.shape[1]) and torch.equal(labels, same_labels)
+    torch.testing.assert_close(temporal.reshape(6, time_steps, -1).mean(1), mean, rtol=1e-5, atol=1e-5)
 
 
 def test_knn_on_a_hand_made_set():

@@ -1,7 +1,8 @@
 """Frozen-encoder evaluation: feature extraction (cached), linear probe, kNN, label fractions.
 
 Features are the mean of the encoder's patch tokens (`eval.feature=cls` takes the class
-token) of deterministic test views (`eval.clips` x `eval.crops`, averaged), computed once
+token; `eval.feature=temporal` keeps time order: one spatial mean per token time step,
+concatenated) of deterministic test views (`eval.clips` x `eval.crops`, averaged), computed once
 per checkpoint and data set with the encoder in eval mode and no gradient, and cached
 under the checkpoint's folder, so probes train on tensors in seconds.
 """
@@ -32,16 +33,24 @@ from cmae.engine.runtime import resolve_device
 from cmae.engine.schedule import cosine_with_warmup
 
 
-def pool_tokens(encoder: nn.Module, tokens: torch.Tensor, kind: str) -> torch.Tensor:
-    """Encoder output `[B, (1+)N, D]` -> `[B, D]`: mean of patch tokens, or the class token."""
+def pool_tokens(encoder: nn.Module, tokens: torch.Tensor, kind: str, time_steps: int = 1) -> torch.Tensor:
+    """Encoder output `[B, (1+)N, D]` -> `[B, D]`: mean of patch tokens, or the class token;
+    or `[B, T' x D]` for kind `temporal`: the spatial mean of each of the `time_steps` (T')
+    token time steps, concatenated in time order. Mean pooling over time discards the order
+    of events, which is all that tells e.g. "move left" from "move right"; a linear layer on
+    the temporal feature can compare time steps (and so read motion even from an image
+    encoder that embeds each frame on its own)."""
     prefix = encoder.num_prefix_tokens
     if kind == "mean":
         return tokens[:, prefix:].mean(dim=1)
+    if kind == "temporal":
+        patches = tokens[:, prefix:]
+        return patches.reshape(len(tokens), time_steps, -1, patches.shape[-1]).mean(dim=2).flatten(1)
     if kind == "cls":
         if prefix == 0:
             raise ConfigError("eval.feature=cls but the encoder has no class token (model.cls_token=false)")
         return tokens[:, 0]
-    raise ConfigError(f"unknown eval.feature {kind!r}; use mean or cls")
+    raise ConfigError(f"unknown eval.feature {kind!r}; use mean, temporal or cls")
 
 
 def balanced_fraction(labels: Sequence[int], fraction: float, seed: int = 0) -> list[int]:
@@ -99,8 +108,10 @@ def extract_features(
     for batch in loader:
         clips = batch["video"].to(device)  # [B, V, C, T, H, W]
         b, v = clips.shape[:2]
-        tokens = encoder(clips.flatten(0, 1))
-        pooled = pool_tokens(encoder, tokens, config.eval.feature).float().reshape(b, v, -1).mean(1).cpu()
+        inputs = clips.flatten(0, 1)  # token order is time-major: [T', H', W']
+        tokens = encoder(inputs)
+        time_steps = encoder.patch_embed.grid(inputs.shape)[0]
+        pooled = pool_tokens(encoder, tokens, config.eval.feature, time_steps).float().reshape(b, v, -1).mean(1).cpu()
         decoded = decoded_items(batch)
         features.append(pooled[decoded])
         labels.append(batch["label"][decoded])
