@@ -210,8 +210,8 @@ _RULES: dict[str, tuple[Any, str]] = {
         "data.image_ratio", "model.drop_path", "method.mask_ratio", "finetune.drop_path", "finetune.label_smoothing")},
     **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
     "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "train.betas": (lambda v: len(v) == 2 and all(_fraction(x) for x in v), "two values in [0, 1)"),
-    "finetune.betas": (lambda v: len(v) == 2 and all(_fraction(x) for x in v), "two values in [0, 1)"),
+    **{key: (lambda v: len(v) == 2 and all(_fraction(x) for x in v), "two values in [0, 1)")
+       for key in ("train.betas", "finetune.betas")},
     "data.crop_scale": (_pair(lambda x: 0 < x <= 1), "[low, high] with 0 < low <= high <= 1"),
     "data.crop_ratio": (_pair(_positive), "[low, high] with 0 < low <= high"),
     "data.mean": (lambda v: len(v) == 3, "three values (R, G, B)"),

@@ -11,8 +11,8 @@ from cmae.data.lists import read_samples
 from cmae.data.views import MultiViewClips, crop_offsets, evenly_spaced_starts
 from cmae.engine.evaluate import (balanced_fraction, extract_features, frozen_evaluation, knn_classify, linear_probe,
                                   pool_tokens, topk_accuracy)
-from cmae.models import build_encoder
 from cmae.engine.pretrain import pretrain
+from cmae.models import build_encoder
 from tests.conftest import tiny_overrides
 
 PRESET = "configs/demo/videomae.yaml"

@@ -38,8 +38,7 @@ def pool_tokens(encoder: nn.Module, tokens: torch.Tensor, kind: str, time_steps:
     or `[B, T' x D]` for kind `temporal`: the spatial mean of each of the `time_steps` (T')
     token time steps, concatenated in time order. Mean pooling over time discards the order
     of events, which is all that tells e.g. "move left" from "move right"; a linear layer on
-    the temporal feature can compare time steps (and so read motion even from an image
-    encoder that embeds each frame on its own)."""
+    the temporal feature can compare time steps."""
     prefix = encoder.num_prefix_tokens
     if kind == "mean":
         return tokens[:, prefix:].mean(dim=1)
