@@ -24,32 +24,13 @@ from cmae.data.dataset import open_source
 from cmae.data.views import clip_indices, evenly_spaced_starts, spatial_transform, to_clip
 from cmae.engine.loading import load_pretrained
 from cmae.engine.runtime import read_metrics
-from cmae.models.patchify import patchify, unpatchify
+from cmae.models.patchify import patch_statistics, patchify, unpatchify
 
 DEFAULT_PLOT_KEYS = ("loss", "loss_rec", "loss_con")
-EPS = 1e-6  # the eps of `normalized_pixel_targets`, so true statistics invert it exactly
-
 
 # --------------------------------------------------------------------------------------
 # De-normalising predicted patches
 # --------------------------------------------------------------------------------------
-
-
-def patch_statistics(patches: torch.Tensor, mode: str, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, scale) of every patch `[B, N, S]` such that target = (x - mean) / scale.
-
-    Mirrors `normalized_pixel_targets`: mode "patch" has S = 1 (mean and sqrt(var + eps)
-    over the whole patch vector), mode "channel" has S = C (mean and unbiased std + eps per
-    colour channel over the tubelet's pixels).
-    """
-    if mode == "patch":
-        mean = patches.mean(dim=-1, keepdim=True)
-        return mean, (patches.var(dim=-1, unbiased=False, keepdim=True) + EPS).sqrt()
-    if mode == "channel":
-        b, n, p = patches.shape
-        x = patches.reshape(b, n, p // channels, channels)
-        return x.mean(dim=-2), x.std(dim=-2, unbiased=True) + EPS
-    raise ValueError(f"unknown normalised-pixel mode {mode!r}; use 'patch', 'channel' or 'none'")
 
 
 def neighbour_weights(masked: torch.Tensor, grid: tuple[int, int, int], k: int = 4) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from cmae.config import ConfigError, DataConfig, EvalConfig, load_config
 from cmae.data.lists import read_samples
 from cmae.data.views import MultiViewClips, crop_offsets, evenly_spaced_starts
-from cmae.engine.evaluate import (balanced_fraction, extract_features, frozen_evaluation, knn_classify, linear_probe,
+from cmae.engine.evaluate import (_cache_key, balanced_fraction, extract_features, frozen_evaluation, knn_classify, linear_probe,
                                   pool_tokens, topk_accuracy)
 from cmae.engine.pretrain import pretrain
 from cmae.models import build_encoder
@@ -99,6 +99,18 @@ def test_feature_cache_follows_the_data_and_leaves_out_bad_files(synth_dir, tiny
     with pytest.warns(UserWarning, match="1 of 6 files could not be decoded"):
         second = frozen_evaluation("knn", checkpoint, tmp_path / "b", overrides=folder_overrides())
     assert (second["num_val"], second["skipped_val"], second["skipped_train"]) == (5, 1, 0)
+
+
+def test_feature_cache_key_follows_the_feature_settings(synth_dir, tiny_run):
+    samples = read_samples(str(synth_dir / "val.txt"))
+    checkpoint = tiny_run / "checkpoint-last.pt"
+
+    def key(*overrides):
+        return _cache_key(checkpoint, samples, load_config(PRESET, list(overrides)))
+
+    assert key() == key("train.epochs=3")  # a setting that does not shape a feature
+    for override in ("data.decoder=pyav", "eval.feature=temporal", "eval.crops=3", "data.image_size=32"):
+        assert key(override) != key(), override
 
 
 def test_temporal_feature_keeps_time_order():

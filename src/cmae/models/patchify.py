@@ -49,24 +49,32 @@ def unpatchify(
     return x.reshape(b, channels, gt * tubelet, gh * patch, gw * patch)
 
 
-def normalized_pixel_targets(
-    patches: torch.Tensor, mode: str = "patch", channels: int = 3, eps: float = 1e-6
-) -> torch.Tensor:
-    """Per-patch normalised targets `[B, N, P]` from patch vectors.
+def patch_statistics(
+    patches: torch.Tensor, mode: str, channels: int = 3, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, scale), each `[B, N, S]`, of patch vectors `[B, N, P]`; target = (x - mean) / scale.
 
-    mode "patch" (MAE): one mean and variance over the whole patch vector,
-    (x - mean) / sqrt(var + eps). mode "channel" (VideoMAE): mean and unbiased std per
-    colour channel over the tubelet's pixels, (x - mean) / (std + eps). "none": raw pixels.
+    mode "patch" (MAE): S = 1, the mean and sqrt(unbiased var + eps) of the whole patch
+    vector, as MAE's `target.var(dim=-1)`. mode "channel" (VideoMAE): S = C, the mean and
+    unbiased std + eps of each colour channel over the tubelet's pixels.
     """
-    if mode == "none":
-        return patches
     if mode == "patch":
-        mean = patches.mean(dim=-1, keepdim=True)
-        var = patches.var(dim=-1, unbiased=False, keepdim=True)
-        return (patches - mean) / (var + eps).sqrt()
+        return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + eps).sqrt()
     if mode == "channel":
         b, n, p = patches.shape
         x = patches.reshape(b, n, p // channels, channels)
-        x = (x - x.mean(dim=-2, keepdim=True)) / (x.std(dim=-2, unbiased=True, keepdim=True) + eps)
-        return x.reshape(b, n, p)
+        return x.mean(dim=-2), x.std(dim=-2) + eps
     raise ValueError(f"unknown normalised-pixel mode {mode!r}; use 'patch', 'channel' or 'none'")
+
+
+def normalized_pixel_targets(
+    patches: torch.Tensor, mode: str = "patch", channels: int = 3, eps: float = 1e-6
+) -> torch.Tensor:
+    """Per-patch normalised targets `[B, N, P]` from patch vectors (statistics: `patch_statistics`);
+    mode "none" gives the raw pixels."""
+    if mode == "none":
+        return patches
+    mean, scale = patch_statistics(patches, mode, channels, eps)  # [B, N, S]
+    b, n, p = patches.shape  # S = 1 or C (last in the vector): broadcast over a patch's pixels
+    x = patches.reshape(b, n, -1, mean.shape[-1])
+    return ((x - mean[:, :, None]) / scale[:, :, None]).reshape(b, n, p)
