@@ -72,6 +72,7 @@ def test_parse_override_yaml_values():
     ("method.mask_ratio=1.0", r"'method.mask_ratio' must be in \[0, 1\)"),
     ("data.crop_scale=[0.9, 0.5]", r"'data.crop_scale' must be \[low, high\]"),
     ("eval.label_fraction=0", r"'eval.label_fraction' must be in \(0, 1\]"),
+    ("finetune.randaug_m=30", r"'finetune.randaug_m' must be in \[0, 10\]"),
 ])
 def test_out_of_range_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

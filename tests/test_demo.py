@@ -15,5 +15,9 @@ def test_demo_writes_table_curves_and_picture(tmp_path):
     assert all(0 <= value <= 100 for row in rows for key, value in row.items() if key != "encoder")
     for name in ("results.md", "results.json", "losses.png", "reconstruction.png"):
         assert (tmp_path / name).is_file(), name
+    summaries = sorted((tmp_path / "eval").glob("*/summary.json"))
+    assert len(summaries) == len(rows) * 2 * len(TASKS)  # one folder per encoder, task and protocol
+    floor_config = (tmp_path / "eval" / "random-videomae-motion-knn" / "config.yaml").read_text()
+    assert "vit_pico_p4" in floor_config and "image_size: 32" in floor_config  # the demo's overrides reach the floors
     table = (tmp_path / "results.md").read_text()
     assert "| motion linprobe |" in table and table.count("\n| ") == 2 + len(rows)

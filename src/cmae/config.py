@@ -150,8 +150,8 @@ class FinetuneConfig:
     mixup: float = 0.8  # mixup alpha; 0 disables
     cutmix: float = 1.0  # cutmix alpha; 0 disables
     label_smoothing: float = 0.1
-    randaug_n: int = 2  # RandAugment ops per sample (0 disables); ViC-MAE: (9, 0.5) = magnitude 9
-    randaug_m: int = 9
+    randaug_n: int = 2  # RandAugment ops per sample (0 disables)
+    randaug_m: int = 9  # magnitude on timm's 0-10 scale; ViC-MAE's (9, 0.5) = m9 (its 0.5 std jitter is not modelled)
     clip_grad: float = 0.0
 
 
@@ -205,11 +205,12 @@ _RULES: dict[str, tuple[Any, str]] = {
         "train.min_lr", "train.warmup_epochs", "train.weight_decay", "train.clip_grad", "train.keep_every",
         "train.max_steps_per_epoch", "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay",
         "finetune.base_lr", "finetune.min_lr", "finetune.warmup_epochs", "finetune.weight_decay",
-        "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.randaug_m", "finetune.clip_grad")},
+        "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad")},
     **{key: (_fraction, "in [0, 1)") for key in (
         "data.image_ratio", "model.drop_path", "method.mask_ratio", "finetune.drop_path", "finetune.label_smoothing")},
     **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
     "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "finetune.randaug_m": (lambda v: 0 <= v <= 10, "in [0, 10] (timm's RandAugment scale)"),
     **{key: (lambda v: len(v) == 2 and all(_fraction(x) for x in v), "two values in [0, 1)")
        for key in ("train.betas", "finetune.betas")},
     "data.crop_scale": (_pair(lambda x: 0 < x <= 1), "[low, high] with 0 < low <= high <= 1"),

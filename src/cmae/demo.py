@@ -60,16 +60,19 @@ def run_demo(output: str | Path, epochs: int = DEMO_EPOCHS, methods: Sequence[st
         runs[name] = output / name / "checkpoint-last.pt"
         log(f"{name}: loss {summary['first']['loss']:.4f} -> {summary['last']['loss']:.4f} in {time.time() - t:.0f}s")
 
-    candidates = [(name, runs[name], None) for name in methods]
-    candidates += [(label, "random", PRESETS / f"{preset}.yaml") for label, preset in RANDOM_FLOORS.items()]
+    # (table label, eval folder, checkpoint, preset, overrides): a floor is built from its preset,
+    # so it takes the demo's overrides too; a checkpoint already carries them.
+    candidates = [(name, name, runs[name], None, []) for name in methods]
+    candidates += [(label, f"random-{preset}", "random", PRESETS / f"{preset}.yaml", list(overrides))
+                   for label, preset in RANDOM_FLOORS.items()]
     rows = []
-    for label, checkpoint, preset in candidates:
+    for label, folder, checkpoint, preset, model_overrides in candidates:
         row = {"encoder": label}
         for task, (train, val, task_overrides) in TASKS.items():
             for protocol in ("linprobe", "knn"):
                 summary = frozen_evaluation(
-                    protocol, checkpoint, output / "eval" / f"{label.split(' ')[0]}-{task}-{protocol}", preset,
-                    [f"data.train={data / train}", f"data.val={data / val}", *task_overrides, *PROBE],
+                    protocol, checkpoint, output / "eval" / f"{folder}-{task}-{protocol}", preset,
+                    [*model_overrides, f"data.train={data / train}", f"data.val={data / val}", *task_overrides, *PROBE],
                 )
                 row[f"{task} {protocol}"] = summary["top1"]
         rows.append(row)

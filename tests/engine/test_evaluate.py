@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cmae.config import ConfigError, DataConfig, EvalConfig, load_config
+from cmae.data.decoding import available_backends
 from cmae.data.lists import read_samples
 from cmae.data.views import MultiViewClips, crop_offsets, evenly_spaced_starts
 from cmae.engine.evaluate import (_cache_key, balanced_fraction, extract_features, frozen_evaluation, knn_classify, linear_probe,
@@ -99,6 +100,9 @@ def test_feature_cache_follows_the_data_and_leaves_out_bad_files(synth_dir, tiny
     with pytest.warns(UserWarning, match="1 of 6 files could not be decoded"):
         second = frozen_evaluation("knn", checkpoint, tmp_path / "b", overrides=folder_overrides())
     assert (second["num_val"], second["skipped_val"], second["skipped_train"]) == (5, 1, 0)
+    (tmp_path / "val" / "c2").mkdir()  # a class the training tree lacks would shift every label
+    with pytest.raises(ConfigError, match=r"different classes \(only in train: \[\], only in val: \['c2'\]\)"):
+        frozen_evaluation("knn", checkpoint, tmp_path / "c", overrides=folder_overrides())
 
 
 def test_feature_cache_key_follows_the_feature_settings(synth_dir, tiny_run):
@@ -109,8 +113,11 @@ def test_feature_cache_key_follows_the_feature_settings(synth_dir, tiny_run):
         return _cache_key(checkpoint, samples, load_config(PRESET, list(overrides)))
 
     assert key() == key("train.epochs=3")  # a setting that does not shape a feature
-    for override in ("data.decoder=pyav", "eval.feature=temporal", "eval.crops=3", "data.image_size=32"):
+    assert key() == key(f"data.decoder={available_backends()[0]}")  # "auto" is keyed as what it picks
+    for override in ("eval.feature=temporal", "eval.crops=3", "data.image_size=32"):
         assert key(override) != key(), override
+    if len(available_backends()) > 1:
+        assert key(f"data.decoder={available_backends()[1]}") != key()
 
 
 def test_temporal_feature_keeps_time_order():

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from cmae.config import load_config
+from cmae.config import ConfigError, load_config
 from cmae.engine.finetune import Classifier, FinetuneObjective, finetune, layer_decay_groups
 from cmae.engine.pretrain import pretrain
 from cmae.models.vit import VisionTransformer
@@ -44,7 +44,9 @@ def test_soft_targets_mix_and_smooth():
 
 def test_finetune_end_to_end_with_multiview_and_fraction(synth_dir, tmp_path):
     run = tmp_path / "pre"
-    pretrain(load_config("configs/demo/videomae.yaml", tiny_overrides(synth_dir, **{"train.epochs": 1})), run)
+    # A capped smoke run: fine-tuning must not inherit the cap.
+    pretrain(load_config("configs/demo/videomae.yaml",
+                         tiny_overrides(synth_dir, **{"train.epochs": 1, "train.max_steps_per_epoch": 1})), run)
     overrides = [f"data.train={synth_dir / 'train.txt'}", f"data.val={synth_dir / 'val.txt'}",
                  "finetune.epochs=2", "finetune.batch_size=4", "finetune.warmup_epochs=1", "eval.clips=2",
                  "eval.crops=3", "eval.label_fraction=0.5", "eval.batch_size=4"]
@@ -52,5 +54,8 @@ def test_finetune_end_to_end_with_multiview_and_fraction(synth_dir, tmp_path):
     written = json.loads((tmp_path / "ft" / "summary.json").read_text())
     assert written["top1"] == pytest.approx(summary["top1"]) and 0 <= written["top1"] <= written["top5"] <= 100
     assert written["num_train"] == 16 and written["label_fraction"] == 0.5  # 24 clips, 8 classes x 3 -> 8 x 2
+    assert written["steps"] == 2 * 16 // 4
     assert (tmp_path / "ft" / "checkpoint-last.pt").is_file()
     assert "loss_cls" in (tmp_path / "ft" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="not eval.feature='temporal'"):
+        finetune(run / "checkpoint-last.pt", tmp_path / "ft2", overrides=overrides + ["eval.feature=temporal"])

@@ -220,21 +220,28 @@ def available_backends() -> list[str]:
     return [b for b in BACKENDS if _probe(b) is None]
 
 
+def resolve_backend(backend: str = "auto") -> str:
+    """The backend `open_video` uses for `backend` ("auto": the first usable one); raises when
+    it is unknown or not usable here."""
+    if backend == "auto":
+        usable = available_backends()
+        if not usable:
+            raise RuntimeError(f"no video backend is usable; install one: {_INSTALL_HINT['pyav']}")
+        return usable[0]
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; choose 'auto' or one of {BACKENDS}")
+    if (why := _probe(backend)) is not None:
+        raise RuntimeError(f"video backend {backend!r} is not usable ({why}); {_INSTALL_HINT[backend]}")
+    return backend
+
+
 def open_video(path: str | Path, backend: str = "auto") -> VideoReader:
     """Open ``path`` with ``backend`` ("auto": the first of available_backends()).
 
     Raises DecodeError (naming the file) for anything that is not a decodable video.
     """
     path = Path(path)
-    if backend == "auto":
-        usable = available_backends()
-        if not usable:
-            raise RuntimeError(f"no video backend is usable; install one: {_INSTALL_HINT['pyav']}")
-        backend = usable[0]
-    elif backend not in BACKENDS:
-        raise ValueError(f"unknown video backend {backend!r}; choose 'auto' or one of {BACKENDS}")
-    elif (why := _probe(backend)) is not None:
-        raise RuntimeError(f"video backend {backend!r} is not usable ({why}); {_INSTALL_HINT[backend]}")
+    backend = resolve_backend(backend)
 
     if not path.is_file():
         raise DecodeError(f"{path}: no such file")

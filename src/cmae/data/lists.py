@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from cmae.config import ConfigError
 from cmae.data.decoding import IMAGE_EXTENSIONS
 
 
@@ -56,6 +57,20 @@ def scan_image_folder(root: str | Path) -> tuple[list[Sample], list[str]]:
     if not samples:
         raise ValueError(f"image folder {root} has no images with extensions {IMAGE_EXTENSIONS}")
     return samples, classes
+
+
+def check_same_classes(train: str | Path, val: str | Path) -> None:
+    """Raise ConfigError when two ImageFolder trees hold different class folders: labels are
+    indices into each tree's own sorted names, so they would silently disagree. List files
+    carry their labels and are not checked."""
+    train, val = Path(train), Path(val)
+    if not (train.is_dir() and val.is_dir()):
+        return
+    names = [{entry.name for entry in root.iterdir() if entry.is_dir()} for root in (train, val)]
+    if names[0] != names[1]:
+        raise ConfigError(f"image folders {train} and {val} hold different classes (only in train: "
+                         f"{sorted(names[0] - names[1])}, only in val: {sorted(names[1] - names[0])}); "
+                         "labels are positions in the sorted class names, so both need the same folders")
 
 
 def read_samples(source: str | Path) -> list[Sample]:

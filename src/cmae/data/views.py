@@ -56,7 +56,9 @@ def spatial_transform(config: DataConfig, train: bool, randaug: tuple[int, int] 
         if config.hflip:
             geometric.append(v2.RandomHorizontalFlip())
         if randaug is not None and randaug[0] > 0:
-            geometric.append(v2.RandAugment(num_ops=randaug[0], magnitude=randaug[1]))
+            # 11 bins: magnitude m is m/10 of each op's range, as timm's rand-m9 (torchvision's default
+            # 31 bins would make m9 less than a third as strong).
+            geometric.append(v2.RandAugment(num_ops=randaug[0], magnitude=randaug[1], num_magnitude_bins=11))
     else:
         geometric = [v2.Resize(size), v2.CenterCrop(size)]
     return v2.Compose([*geometric, v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])

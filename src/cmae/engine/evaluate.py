@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 
 from cmae.config import Config, ConfigError, EvalConfig
 from cmae.data.dataset import VideoDataset, decoded_items
-from cmae.data.lists import Sample, read_samples
+from cmae.data.decoding import resolve_backend
+from cmae.data.lists import Sample, check_same_classes, read_samples
 from cmae.data.views import MultiViewClips
 from cmae.engine.checkpoint import save_checkpoint
 from cmae.engine.runtime import resolve_device
@@ -69,6 +70,15 @@ def balanced_fraction(labels: Sequence[int], fraction: float, seed: int = 0) -> 
     return sorted(chosen)
 
 
+def _decoder_in_use(backend: str) -> str:
+    """The backend "auto" stands for here: decoders may round frames (colour conversion)
+    differently, so installing torchcodec must not serve features PyAV decoded."""
+    try:
+        return resolve_backend(backend)
+    except (RuntimeError, ValueError):  # no video backend (images only) or a bad name the decode reports
+        return backend
+
+
 def _cache_key(checkpoint: str | Path, samples: Sequence[Sample], config: Config) -> str:
     """Changes with the checkpoint file, every sample (path, label, size, modification time:
     a file replaced, added or relabelled in a list or an ImageFolder tree) and every
@@ -76,7 +86,7 @@ def _cache_key(checkpoint: str | Path, samples: Sequence[Sample], config: Config
     digest = hashlib.sha1()
     parts: list[Any] = [config.eval.feature, config.eval.clips, config.eval.crops, config.data.num_frames,
                         config.data.sampling_rate, config.data.image_size, config.data.mean, config.data.std,
-                        config.data.decoder]  # decoders may round frames (colour conversion) differently
+                        _decoder_in_use(config.data.decoder)]
     parts.append(str(Path(checkpoint).resolve()))
     for path in [Path(checkpoint), *(sample.path for sample in samples)]:
         try:
@@ -217,6 +227,7 @@ def frozen_evaluation(protocol: str, checkpoint: str | Path, output: str | Path,
     config, method = load_pretrained(checkpoint, config_path, overrides)
     if not config.data.train or not config.data.val:
         raise ConfigError(f"{protocol} needs data.train and data.val (list files or ImageFolder trees)")
+    check_same_classes(config.data.train, config.data.val)
     encoder = method.encoder
     cache_dir = Path(checkpoint).parent / "features"
     train_x, train_y, train_skipped = cached_features(encoder, config.data.train, config, checkpoint, cache_dir)

@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 
 from cmae.config import Config, ConfigError, TrainConfig
 from cmae.data.dataset import VideoDataset, decoded_items
-from cmae.data.lists import read_samples
+from cmae.data.lists import check_same_classes, read_samples
 from cmae.data.views import ClipView, MultiViewClips
 from cmae.engine.distributed import all_reduce_sum, rank_and_world
 from cmae.engine.evaluate import balanced_fraction, pool_tokens, topk_accuracy
@@ -116,12 +116,12 @@ def multiview_accuracy(classifier: Classifier, dataset, config: Config, device: 
 
 
 def finetune_train_config(config: Config) -> TrainConfig:
-    """The `finetune` section as the loop's TrainConfig (device, seed, logging from `train`)."""
+    """The `finetune` section as the loop's TrainConfig (device, seed, precision, logging from `train`)."""
     ft = config.finetune
     return dataclasses.replace(
         config.train, epochs=ft.epochs, batch_size=ft.batch_size, base_lr=ft.base_lr, lr=0.0, min_lr=ft.min_lr,
         warmup_epochs=ft.warmup_epochs, weight_decay=ft.weight_decay, betas=list(ft.betas), clip_grad=ft.clip_grad,
-        accum_steps=1, keep_every=0,
+        accum_steps=1, keep_every=0, max_steps_per_epoch=0,  # a pre-training smoke run's cap is not inherited
     )
 
 
@@ -131,6 +131,10 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
     config, method = load_pretrained(checkpoint, config_path, overrides)
     if not config.data.train or not config.data.val:
         raise ConfigError("fine-tuning needs data.train and data.val (list files or ImageFolder trees)")
+    check_same_classes(config.data.train, config.data.val)
+    if config.eval.feature not in ("mean", "cls"):
+        raise ConfigError(f"fine-tuning pools 'mean' or 'cls' tokens, not eval.feature={config.eval.feature!r} "
+                          "(a frozen-feature readout for linprobe / knn)")
     ft = config.finetune
     samples = read_samples(config.data.train)
     keep = balanced_fraction([s.label for s in samples], config.eval.label_fraction, config.eval.fraction_seed)
