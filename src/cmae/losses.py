@@ -79,7 +79,8 @@ def cross_view_info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) 
     z1, z2: `[B, D]` this rank's embeddings of the two views. Each direction is InfoNCE
     whose candidates are the other view's embeddings of the global batch (gathered with
     gradient, positives by global index); unlike eq. 3 the same view gives no negatives,
-    and the sum is twice the scale of `symmetric_info_nce`'s mean.
+    and the sum is twice the scale of `symmetric_info_nce`'s mean. The pseudocode's `ctr`
+    also returns `2 * loss`; that constant belongs to the weight lambda and is left out.
     """
     rank, _ = rank_and_world()
     labels = torch.arange(z1.shape[0], device=z1.device) + z1.shape[0] * rank

@@ -19,7 +19,8 @@ class Mask(NamedTuple):
 
 
 def num_masked(num_tokens: int, ratio: float) -> int:
-    """Tokens to hide: floor(N * ratio), as MAE and VideoMAE count them (rounding guards 0.7*10 = 6.999...)."""
+    """Tokens to hide: floor(N * ratio), as VideoMAE counts them (MAE keeps int(N * (1 - ratio)),
+    one more hidden token when N * ratio is fractional); rounding guards 0.7*10 = 6.999...."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask ratio must lie in [0, 1), got {ratio}")
     return math.floor(round(num_tokens * ratio, 6))

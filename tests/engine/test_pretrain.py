@@ -93,6 +93,13 @@ def test_gradient_accumulation_matches_a_full_batch(synth_dir, tmp_path):
     assert all(r["lr"] == s["lr"] for r, s in zip(full, accum))
 
 
+def test_gradient_accumulation_warns_where_it_shrinks_the_contrastive_batch(synth_dir, tmp_path):
+    overrides = tiny_overrides(synth_dir, **{"train.epochs": 1, "train.accum_steps": 2, "train.max_steps_per_epoch": 1})
+    with pytest.warns(UserWarning, match="CMAEV's contrastive negatives and batch statistics cover 4 samples per "
+                                         "step, not the global batch of 8"):
+        pretrain(load_config("configs/demo/cmae_v.yaml", overrides), tmp_path / "cmae_v")
+
+
 def torchrun_pretrain(preset, output, overrides, *extra_args):
     """`cmae pretrain` in two gloo processes; fails the test with their output if they fail."""
     torchrun = Path(sys.executable).with_name("torchrun")

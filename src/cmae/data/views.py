@@ -111,7 +111,8 @@ class TemporalShiftViews:
     """CMAE-V's temporal shift (§3) -> {"video": online, "target": target, "shift": delta}.
 
     The online clip has frames t1 + k*r, the target t1 + k*r + delta with delta ~ U{0..p}
-    (`data.max_shift`), clamped at the video's last frame. Both share one random resized
+    (`data.max_shift`); t1 leaves room for the largest delta when the video is long enough,
+    otherwise target frames are clamped at the video's last frame. Both share one random resized
     crop and flip (optionally CMAE's pixel shift moves the target's crop by up to
     `data.pixel_shift` px); colour augmentation, the same for all its frames, goes to the
     target only. Clips are `[C, T, H, W]`.
@@ -130,7 +131,10 @@ class TemporalShiftViews:
         return v2.functional.horizontal_flip(video) if flip else video
 
     def __call__(self, source: FrameSource) -> dict[str, torch.Tensor | int]:
-        online = clip_indices(source.num_frames, self.num_frames, self.rate)
+        # Leave room for the largest shift when the video has it, so the target is not
+        # clamped onto repeated last frames; shorter videos clamp.
+        room = source.num_frames - ((self.num_frames - 1) * self.rate + 1) - self.max_shift
+        online = clip_indices(source.num_frames, self.num_frames, self.rate, randint(0, room) if room >= 0 else None)
         shift = randint(0, self.max_shift)
         target = [min(index + shift, source.num_frames - 1) for index in online]
         frames = source.get_frames(online + target)  # one decode for both clips

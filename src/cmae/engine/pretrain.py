@@ -180,8 +180,14 @@ def _train_loop(config: Config, output: Path, make_job, resume, device: torch.de
     seed_everything(config.train.seed + dist_info.rank)
     job = make_job(device)
     method, dataset, train = job.method, job.dataset, job.train
-    loader = make_loader(dataset, config, dist_info, per_rank_batch(train, dist_info.world_size))
+    micro_batch = per_rank_batch(train, dist_info.world_size)
+    loader = make_loader(dataset, config, dist_info, micro_batch)
     accum = train.accum_steps
+    if accum > 1 and len(getattr(method, "views", ())) > 1 and dist_info.is_main:
+        # Two-view losses and their heads' BatchNorm couple the samples of one forward pass.
+        warnings.warn(f"train.accum_steps={accum}: {method.__class__.__name__}'s contrastive negatives and batch "
+                      f"statistics cover {micro_batch * dist_info.world_size} samples per step, not the global "
+                      f"batch of {train.batch_size}", stacklevel=2)
     steps_per_epoch = len(loader) // accum
     if train.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, train.max_steps_per_epoch)
