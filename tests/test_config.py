@@ -73,6 +73,7 @@ def test_parse_override_yaml_values():
     ("data.crop_scale=[0.9, 0.5]", r"'data.crop_scale' must be \[low, high\]"),
     ("eval.label_fraction=0", r"'eval.label_fraction' must be in \(0, 1\]"),
     ("finetune.randaug_m=30", r"'finetune.randaug_m' must be in \[0, 10\]"),
+    ("eval.feature=max", r"'eval.feature' must be one of mean, temporal, cls, got 'max'"),
 ])
 def test_out_of_range_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -211,6 +211,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
     "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "finetune.randaug_m": (lambda v: 0 <= v <= 10, "in [0, 10] (timm's RandAugment scale)"),
+    "eval.feature": (lambda v: v in ("mean", "temporal", "cls"), "one of mean, temporal, cls"),
     **{key: (lambda v: len(v) == 2 and all(_fraction(x) for x in v), "two values in [0, 1)")
        for key in ("train.betas", "finetune.betas")},
     "data.crop_scale": (_pair(lambda x: 0 < x <= 1), "[low, high] with 0 < low <= high <= 1"),
