@@ -35,6 +35,9 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # random resized crop area range
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: bool = True
+    # test views resize the short side to image_size / test_crop_ratio, then crop image_size:
+    # 1 for the video test (VideoMAE), 0.875 for MAE's ImageNet test (256 -> 224)
+    test_crop_ratio: float = 1.0
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     decoder: str = "auto"  # auto | torchcodec | pyav
@@ -209,6 +212,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     **{key: (_fraction, "in [0, 1)") for key in (
         "data.image_ratio", "model.drop_path", "method.mask_ratio", "finetune.drop_path", "finetune.label_smoothing")},
     **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
+    "data.test_crop_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "finetune.randaug_m": (lambda v: 0 <= v <= 10, "in [0, 10] (timm's RandAugment scale)"),
     "eval.feature": (lambda v: v in ("mean", "temporal", "cls"), "one of mean, temporal, cls"),

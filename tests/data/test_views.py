@@ -156,3 +156,20 @@ def test_frame_pair_views_for_videos_and_images():
     torch.manual_seed(0)
     outs = [FramePairViews(config)(Image1(1)) for _ in range(5)]
     assert any(not torch.allclose(o["view1"], o["view2"]) for o in outs)  # colour recipe on images
+
+
+def test_test_crop_ratio_resizes_before_the_centre_crop():
+    from cmae.data.views import MultiViewClips, spatial_transform
+
+    class Ramp(FakeSource):
+        def get_frames(self, indices):  # pixel value = 10 x column
+            return (torch.arange(self.size) * 10).to(torch.uint8).expand(len(indices), 3, self.size, self.size).clone()
+
+    config = DataConfig(num_frames=2, sampling_rate=1, image_size=8, mean=[0, 0, 0], std=[1, 1, 1], test_crop_ratio=0.5)
+    columns = (MultiViewClips(config)(Ramp(4))["video"][0, 0, 0, 0] * 255).round()
+    assert columns.tolist() == [10.0 * x for x in range(4, 12)]  # 16 px short side kept, centre 8 cut
+    frame = (spatial_transform(config, train=False)(Ramp(1).get_frames([0])) * 255).round()
+    assert torch.equal(frame[0, 0, 0], columns)
+    whole = MultiViewClips(DataConfig(**{**config.__dict__, "test_crop_ratio": 1.0}))(Ramp(4))["video"]
+    assert whole.shape[-1] == 8 and (whole[0, 0, 0, 0] * 255).round()[0] < 40  # resized to 8: all columns in view
+

@@ -43,12 +43,17 @@ def clip_indices(video_frames: int, num_frames: int, rate: int, start: int | Non
     return [start + k * rate for k in range(num_frames)]
 
 
+def eval_short_side(config: DataConfig) -> int:
+    """Short side of a test view before its crop: image_size / data.test_crop_ratio."""
+    return round(config.image_size / config.test_crop_ratio)
+
+
 def spatial_transform(config: DataConfig, train: bool, randaug: tuple[int, int] | None = None) -> v2.Compose:
     """Crop/flip drawn once per call and applied to every frame of a `Video`, then normalise.
 
     Train: random resized crop (scale `data.crop_scale`), horizontal flip and, for
     fine-tuning, RandAugment (num_ops, magnitude), one draw per clip. Eval: resize the
-    short side and centre-crop.
+    short side (to `eval_short_side`) and centre-crop.
     """
     size = config.image_size
     if train:
@@ -60,7 +65,7 @@ def spatial_transform(config: DataConfig, train: bool, randaug: tuple[int, int] 
             # 31 bins would make m9 less than a third as strong).
             geometric.append(v2.RandAugment(num_ops=randaug[0], magnitude=randaug[1], num_magnitude_bins=11))
     else:
-        geometric = [v2.Resize(size), v2.CenterCrop(size)]
+        geometric = [v2.Resize(eval_short_side(config)), v2.CenterCrop(size)]
     return v2.Compose([*geometric, v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
 
 
@@ -217,7 +222,8 @@ class MultiViewClips:
     """Deterministic test views -> {"video": [V, C, T, H, W]}, V = clips x crops.
 
     `eval.clips` temporal clips spread over the video, each resized (short side to
-    `data.image_size`) and cut into `eval.crops` square crops along the long side. Scores
+    `eval_short_side`: `data.image_size` unless `data.test_crop_ratio` < 1) and cut into
+    `eval.crops` square crops of `data.image_size` along the long side (centred on the short side). Scores
     or features of the V views are averaged by the evaluation code.
     """
 
@@ -232,7 +238,7 @@ class MultiViewClips:
         views = []
         for start in evenly_spaced_starts(source.num_frames, cfg.num_frames, cfg.sampling_rate, self.clips):
             indices = clip_indices(source.num_frames, cfg.num_frames, cfg.sampling_rate, start=start)
-            video = v2.functional.resize(tv_tensors.Video(source.get_frames(indices)), size, antialias=True)
+            video = v2.functional.resize(tv_tensors.Video(source.get_frames(indices)), eval_short_side(cfg), antialias=True)
             height, width = video.shape[-2:]
             for offset in crop_offsets(max(height, width), size, self.crops):
                 top, left = (offset, (width - size) // 2) if height > width else ((height - size) // 2, offset)
