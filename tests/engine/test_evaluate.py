@@ -114,7 +114,7 @@ def test_feature_cache_key_follows_the_feature_settings(synth_dir, tiny_run):
 
     assert key() == key("train.epochs=3")  # a setting that does not shape a feature
     assert key() == key(f"data.decoder={available_backends()[0]}")  # "auto" is keyed as what it picks
-    for override in ("eval.feature=temporal", "eval.crops=3", "data.image_size=32"):
+    for override in ("eval.feature=temporal", "eval.crops=3", "data.image_size=32", "data.test_crop_ratio=0.875"):
         assert key(override) != key(), override
     if len(available_backends()) > 1:
         assert key(f"data.decoder={available_backends()[1]}") != key()
