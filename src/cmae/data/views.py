@@ -29,13 +29,18 @@ def randint(low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, ()).item())
 
 
+def clip_span(num_frames: int, rate: int) -> int:
+    """Source frames a clip of `num_frames` at stride `rate` covers, first to last."""
+    return (num_frames - 1) * rate + 1
+
+
 def clip_indices(video_frames: int, num_frames: int, rate: int, start: int | None = None) -> list[int]:
     """Frame indices start + k*rate, k = 0..num_frames-1, with a random start when none is given.
 
     A video shorter than the clip's span is covered evenly instead (the stride shrinks),
     so a one-frame source (an image) gives num_frames copies of frame 0.
     """
-    span = (num_frames - 1) * rate + 1
+    span = clip_span(num_frames, rate)
     if video_frames < span:
         return torch.linspace(0, video_frames - 1, num_frames).round().long().tolist()
     if start is None:
@@ -138,7 +143,7 @@ class TemporalShiftViews:
     def __call__(self, source: FrameSource) -> dict[str, torch.Tensor | int]:
         # Leave room for the largest shift when the video has it, so the target is not
         # clamped onto repeated last frames; shorter videos clamp.
-        room = source.num_frames - ((self.num_frames - 1) * self.rate + 1) - self.max_shift
+        room = source.num_frames - clip_span(self.num_frames, self.rate) - self.max_shift
         online = clip_indices(source.num_frames, self.num_frames, self.rate, randint(0, room) if room >= 0 else None)
         shift = randint(0, self.max_shift)
         target = [min(index + shift, source.num_frames - 1) for index in online]
@@ -202,7 +207,7 @@ class FramePairViews:
 def evenly_spaced_starts(video_frames: int, num_frames: int, rate: int, clips: int) -> list[int | None]:
     """Start frames of `clips` test clips spread evenly over the video (the centre one for 1 clip);
     None where the video is shorter than a clip (`clip_indices` then covers it evenly)."""
-    room = video_frames - ((num_frames - 1) * rate + 1)
+    room = video_frames - clip_span(num_frames, rate)
     if room < 0:
         return [None] * clips
     if clips == 1:

@@ -70,6 +70,14 @@ def balanced_fraction(labels: Sequence[int], fraction: float, seed: int = 0) -> 
     return sorted(chosen)
 
 
+def check_evaluation_data(config: Config, protocol: str) -> None:
+    """Raise ConfigError unless data.train and data.val are set and, as ImageFolder trees,
+    name the same classes."""
+    if not config.data.train or not config.data.val:
+        raise ConfigError(f"{protocol} needs data.train and data.val (list files or ImageFolder trees)")
+    check_same_classes(config.data.train, config.data.val)
+
+
 def _decoder_in_use(backend: str) -> str:
     """The backend "auto" stands for here: decoders may round frames (colour conversion)
     differently, so installing torchcodec must not serve features PyAV decoded."""
@@ -226,9 +234,7 @@ def frozen_evaluation(protocol: str, checkpoint: str | Path, output: str | Path,
     if protocol not in ("linprobe", "knn"):
         raise ValueError(f"unknown protocol {protocol!r}")
     config, method = load_pretrained(checkpoint, config_path, overrides)
-    if not config.data.train or not config.data.val:
-        raise ConfigError(f"{protocol} needs data.train and data.val (list files or ImageFolder trees)")
-    check_same_classes(config.data.train, config.data.val)
+    check_evaluation_data(config, protocol)
     encoder = method.encoder
     cache_dir = Path(checkpoint).parent / "features"
     train_x, train_y, train_skipped = cached_features(encoder, config.data.train, config, checkpoint, cache_dir)

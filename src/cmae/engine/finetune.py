@@ -21,10 +21,10 @@ from torchvision.transforms import v2
 
 from cmae.config import Config, ConfigError, TrainConfig
 from cmae.data.dataset import VideoDataset, decoded_items
-from cmae.data.lists import check_same_classes, read_samples
+from cmae.data.lists import read_samples
 from cmae.data.views import ClipView, MultiViewClips
 from cmae.engine.distributed import all_reduce_sum, rank_and_world
-from cmae.engine.evaluate import balanced_fraction, pool_tokens, topk_accuracy
+from cmae.engine.evaluate import balanced_fraction, check_evaluation_data, pool_tokens, topk_accuracy
 from cmae.engine.loading import load_pretrained
 from cmae.engine.pretrain import Job, train_loop
 from cmae.engine.schedule import no_weight_decay
@@ -129,9 +129,7 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
              overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Fine-tune a checkpoint's encoder (or a random one) on data.train, test on data.val."""
     config, method = load_pretrained(checkpoint, config_path, overrides)
-    if not config.data.train or not config.data.val:
-        raise ConfigError("fine-tuning needs data.train and data.val (list files or ImageFolder trees)")
-    check_same_classes(config.data.train, config.data.val)
+    check_evaluation_data(config, "fine-tuning")
     if config.eval.feature not in ("mean", "cls"):
         raise ConfigError(f"fine-tuning pools 'mean' or 'cls' tokens, not eval.feature={config.eval.feature!r} "
                           "(a frozen-feature readout for linprobe / knn)")
