@@ -15,7 +15,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from cmae.data.synth import SynthSpec, write_synthetic_dataset
 
     spec = SynthSpec(num_train=args.train, num_val=args.val, num_frames=args.frames, size=args.size, seed=args.seed,
-                     background_drift=args.background_drift, distractors=args.distractors)
+                     background_drift=args.background_drift, distractors=args.distractors,
+                     same_shape_distractors=args.same_shape_distractors)
     started = time.time()
     summary = write_synthetic_dataset(args.output, spec, progress=True)
     print(json.dumps(summary, indent=2, default=str))
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--background-drift", type=float, default=0.3,
                        help="largest background travel over a clip, as a fraction of the frame (0: static)")
     synth.add_argument("--distractors", type=int, default=3, help="largest number of distractor objects")
+    synth.add_argument("--same-shape-distractors", action="store_true",
+                       help="distractors take the main object's shape (a clean object label; the demo's data)")
     synth.set_defaults(func=cmd_synth)
 
     pre = commands.add_parser("pretrain", help="self-supervised pre-training")

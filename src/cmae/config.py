@@ -42,6 +42,7 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     decoder: str = "auto"  # auto | torchcodec | pyav
     num_workers: int = 2
+    cache_decoded: bool = False  # keep every decoded training video in memory (small sets of short clips)
     max_failed_fraction: float = 0.05  # stop the run when more of the decoded files than this are corrupt
     # views=temporal_shift (CMAE-V): target clip = online clip shifted by delta ~ U{0..max_shift} frames
     max_shift: int = 4
@@ -63,6 +64,11 @@ class ModelConfig:
     tubelet_size: int = 2  # frames per token; 1 for images
     drop_path: float = 0.0
     cls_token: bool = False
+    # fixed sin-cos positions: separable (space x time tables) | joint (VideoMAE's 1D table over t*h*w)
+    pos_embed: str = "separable"
+    # linear layers and patch projections: normal = N(0, 0.02) at every width (Hugging Face's VideoMAE, BEiT);
+    # xavier = MAE's and VideoMAE's code, whose larger draws at small widths learn less (README, reference check)
+    init: str = "normal"
     decoder_dim: int = 384
     decoder_depth: int = 4
     decoder_heads: int = 6
@@ -216,6 +222,8 @@ _RULES: dict[str, tuple[Any, str]] = {
     "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "finetune.randaug_m": (lambda v: 0 <= v <= 10, "in [0, 10] (timm's RandAugment scale)"),
     "eval.feature": (lambda v: v in ("mean", "temporal", "cls"), "one of mean, temporal, cls"),
+    "model.pos_embed": (lambda v: v in ("separable", "joint"), "one of separable, joint"),
+    "model.init": (lambda v: v in ("xavier", "normal"), "one of xavier, normal"),
     **{key: (lambda v: len(v) == 2 and all(_fraction(x) for x in v), "two values in [0, 1)")
        for key in ("train.betas", "finetune.betas")},
     "data.crop_scale": (_pair(lambda x: 0 < x <= 1), "[low, high] with 0 < low <= high <= 1"),

@@ -52,3 +52,26 @@ def test_a_bug_in_a_view_is_not_mistaken_for_a_corrupt_file(synth_dir):
     dataset = VideoDataset(synth_dir / "train.txt", broken_view)
     with pytest.raises(IndexError, match="a sampling bug"):
         dataset[0]
+
+
+def test_cache_decoded_decodes_each_video_once(synth_dir, tmp_path):
+    import shutil
+
+    first_video = (synth_dir / "train.txt").read_text().splitlines()[0].rsplit(" ", 1)[0]
+    shutil.copy(synth_dir / first_video, tmp_path / "clip.mp4")
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
+    (tmp_path / "list.txt").write_text("clip.mp4 1\nred.png 2\n")
+    view = ClipView(DataConfig(num_frames=4, sampling_rate=1, image_size=32), train=False)
+    plain, cached = VideoDataset(tmp_path / "list.txt", view), VideoDataset(tmp_path / "list.txt", view, cache_decoded=True)
+
+    def clip(dataset, index):
+        torch.manual_seed(index)  # the clip's start frame is drawn at random
+        return dataset[index]["video"]
+
+    first = [clip(cached, 0), clip(cached, 1)]
+    assert torch.equal(first[0], clip(plain, 0)) and torch.equal(first[1], clip(plain, 1))
+    (tmp_path / "clip.mp4").unlink()  # served from memory from now on
+    (tmp_path / "red.png").unlink()
+    assert torch.equal(clip(cached, 0), first[0]) and torch.equal(clip(cached, 1), first[1])
+    with pytest.warns(UserWarning, match="clip.mp4"), pytest.raises(RuntimeError):
+        plain[0]  # without the cache the file is gone

@@ -182,3 +182,11 @@ def test_background_drift_and_distractors_are_options():
     assert plain.distractors == [] and np.allclose(plain.bg_offset, plain.bg_offset[0])
     busy = sample_clip(0, np.random.default_rng(0), num_frames=8, size=32, background_drift=0.3, distractors=3)
     assert 1 <= len(busy.distractors) <= 3 and not np.allclose(busy.bg_offset, busy.bg_offset[0])
+    # a clean object label: every distractor takes the main object's shape, nothing else changes
+    for seed in range(20):
+        mixed = sample_clip(0, np.random.default_rng(seed), num_frames=8, size=32, distractors=3)
+        clean = sample_clip(0, np.random.default_rng(seed), num_frames=8, size=32, distractors=3,
+                            same_shape_distractors=True)
+        assert all(d.shape == clean.obj.shape for d in clean.distractors)
+        assert [d.color for d in clean.distractors] == [d.color for d in mixed.distractors]
+        assert np.array_equal(clean.obj.center, mixed.obj.center)

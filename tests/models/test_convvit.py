@@ -22,8 +22,9 @@ def pixel_map(masked: torch.Tensor, grid: tuple[int, int, int], tubelet: int) ->
 
 @pytest.mark.parametrize("kind", ["tube", "random"])
 @pytest.mark.parametrize("shape, tubelet", [((2, 3, 4, 48, 64), 2), ((2, 3, 1, 64, 64), 1)])
-def test_masked_pixels_do_not_leak_into_visible_tokens(kind, shape, tubelet):
-    encoder = tiny(tubelet)
+@pytest.mark.parametrize("init, pos_embed", [("xavier", "separable"), ("normal", "joint")])
+def test_masked_pixels_do_not_leak_into_visible_tokens(kind, shape, tubelet, init, pos_embed):
+    encoder = tiny(tubelet, init=init, pos_embed=pos_embed)
     clip = torch.randn(shape)
     grid = encoder.patch_embed.grid(shape)
     n = grid[0] * grid[1] * grid[2]

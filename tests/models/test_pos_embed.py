@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cmae.models.pos_embed import sincos_1d, sincos_2d, sincos_3d, split_space_time
+from cmae.models.pos_embed import position_table, sincos_1d, sincos_2d, sincos_3d, split_space_time
 
 
 def test_sincos_1d_values():
@@ -40,3 +40,12 @@ def test_sincos_3d_is_separable():
 def test_split_for_all_widths(dim):
     space, time = split_space_time(dim)
     assert space % 4 == 0 and time % 2 == 0 and space + time == dim
+
+
+def test_joint_table_is_videomaes():
+    modeling = pytest.importorskip("transformers.models.videomae.modeling_videomae")
+    reference = modeling.get_sinusoid_encoding_table(2 * 4 * 4, 48)[0]  # [N, D], HF's copy of VideoMAE's
+    assert torch.allclose(position_table("joint", 48, (2, 4, 4)), reference, atol=1e-6)
+    assert torch.equal(position_table("separable", 48, (2, 4, 4)), sincos_3d(48, (2, 4, 4)))
+    with pytest.raises(ValueError, match="model.pos_embed"):
+        position_table("learned", 48, (2, 4, 4))

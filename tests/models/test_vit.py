@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -81,3 +83,20 @@ def test_decoder_places_visible_tokens_and_mask_tokens():
 def test_bad_input_size():
     with pytest.raises(ValueError, match="not divisible by the patch size"):
         tiny_vit(tubelet_size=1)(torch.randn(1, 3, 1, 20, 16))
+
+
+@pytest.mark.parametrize("scheme", ["xavier", "normal"])
+def test_init_schemes(scheme):
+    torch.manual_seed(0)
+    encoder = VisionTransformer(embed_dim=96, depth=2, num_heads=3, patch_size=8, tubelet_size=2, init=scheme)
+    decoder = PixelDecoder(encoder_dim=96, patch_dim=384, embed_dim=64, depth=1, num_heads=2, init=scheme)
+    fc1, head = encoder.blocks[0].mlp.fc1, decoder.decoder_pred  # [384, 96], [384, 64]
+    expected = {"xavier": (math.sqrt(2 / (96 + 384)), math.sqrt(2 / (64 + 384))), "normal": (0.02, 0.02)}[scheme]
+    assert fc1.weight.std().item() == pytest.approx(expected[0], rel=0.05)
+    assert head.weight.std().item() == pytest.approx(expected[1], rel=0.05)
+    assert not fc1.bias.any() and not head.bias.any()
+    proj = encoder.patch_embed.proj.weight  # a linear map of a 2x8x8x3 patch
+    assert proj.std().item() == pytest.approx(expected[0] if scheme == "normal" else math.sqrt(2 / (96 + 384)),
+                                              rel=0.05)
+    # MAE's mask token starts at N(0, 0.02); Hugging Face's VideoMAE at zero
+    assert (decoder.mask_token.abs().sum() == 0) == (scheme == "normal")

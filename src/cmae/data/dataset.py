@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -39,12 +40,30 @@ def open_source(path: Path, backend: str = "auto"):
     return ImageSource(path) if is_image(path) else open_video(path, backend)
 
 
+class DecodedVideo:
+    """Every frame of a video, decoded once and held in memory (`data.cache_decoded`)."""
+
+    def __init__(self, source):
+        self.num_frames, self.fps = source.num_frames, source.fps
+        self.frames = source.get_frames(range(source.num_frames))  # uint8 [T, C, H, W]
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.frames[list(indices)]
+
+    def close(self) -> None:
+        pass
+
+
 class VideoDataset(Dataset):
     """Samples -> {view tensors..., "label", "index", "num_failed"}.
 
     A file that fails to decode is reported (warning naming it) and replaced by the next
     decodable sample; `num_failed` counts the files skipped for this item, so the engine
     can total them over workers and ranks and stop when too many fail.
+
+    With `cache_decoded`, each video is decoded whole on first use and kept in memory
+    (per process: every data-loader worker holds its own copy), so later epochs skip the
+    decoder; for small data sets of short clips, such as the demo's.
     """
 
     def __init__(
@@ -52,17 +71,26 @@ class VideoDataset(Dataset):
         samples: Sequence[Sample] | str | Path,
         view: Callable[..., dict[str, torch.Tensor]],
         backend: str = "auto",
+        cache_decoded: bool = False,
     ):
         self.samples = list(read_samples(samples) if isinstance(samples, (str, Path)) else samples)
         self.view = view
         self.backend = backend
+        self.cache: dict[Path, DecodedVideo | ImageSource] | None = {} if cache_decoded else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def load(self, sample: Sample) -> dict[str, torch.Tensor]:
         # Readers raise DecodeError for bad files; any other error is a bug and propagates.
-        source = open_source(sample.path, self.backend)
+        source = None if self.cache is None else self.cache.get(sample.path)
+        if source is None:
+            source = open_source(sample.path, self.backend)
+            if self.cache is not None and not isinstance(source, ImageSource):
+                with contextlib.closing(source):
+                    source = DecodedVideo(source)
+            if self.cache is not None:
+                self.cache[sample.path] = source
         try:
             return self.view(source)
         finally:

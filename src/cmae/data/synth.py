@@ -60,6 +60,9 @@ class SynthSpec:
     seed: int = 0
     background_drift: float = 0.3  # largest background travel over a clip, as a fraction of the frame
     distractors: int = 3  # largest number of distractor objects (at least 1 when > 0)
+    # distractors of the main object's shape keep the object label clean (a frame shows one shape);
+    # false draws each distractor's shape at random
+    same_shape_distractors: bool = False
 
 
 @dataclass
@@ -129,7 +132,8 @@ def _texture(rng: np.random.Generator, side: int) -> np.ndarray:
 
 
 def sample_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, size: int = 64,
-                background_drift: float = 0.3, distractors: int = 3) -> ClipParams:
+                background_drift: float = 0.3, distractors: int = 3,
+                same_shape_distractors: bool = False) -> ClipParams:
     """Draw the random parameters of one clip of class ``motion`` (no rendering)."""
     T, L = num_frames, float(size)
     tc = np.arange(T) / (T - 1) - 0.5  # [T] time in [-0.5, 0.5], 0 at the middle frame
@@ -169,7 +173,8 @@ def sample_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, siz
         r = rng.uniform(0.035, 0.06) * L * rng.uniform(0.8, 1.25) ** (2 * tc)
         ang = rng.uniform(0, 2 * np.pi) + rng.uniform(-1.2, 1.2) * np.pi * tc
         body, mark = _random_colors(rng)
-        sprites.append(Sprite(int(rng.integers(len(OBJECT_CLASSES))), body, mark,
+        shape = int(rng.integers(len(OBJECT_CLASSES)))  # drawn either way: the other draws stay the same
+        sprites.append(Sprite(obj.shape if same_shape_distractors else shape, body, mark,
                               mid + travel * tc[:, None], ang, r))
 
     return ClipParams(motion, size, obj, sprites, texture, bg_offset)
@@ -245,7 +250,8 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec = SynthSpec(), 
         motion_lines, object_lines = [], []
         for i in range(count):
             params = sample_clip(i % len(MOTION_CLASSES), np.random.default_rng(split_seed + i),
-                                 spec.num_frames, spec.size, spec.background_drift, spec.distractors)
+                                 spec.num_frames, spec.size, spec.background_drift, spec.distractors,
+                                 spec.same_shape_distractors)
             rel = f"videos/{split}/{i:05d}.mp4"
             write_mp4(out / rel, render_clip(params), spec.fps)
             motion_lines.append(f"{rel} {params.motion}")

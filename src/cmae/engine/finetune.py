@@ -150,7 +150,7 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
         classifier = Classifier(encoder, num_classes, config.eval.feature).to(device)
         objective = FinetuneObjective(classifier, num_classes, ft.mixup, ft.cutmix, ft.label_smoothing)
         dataset = VideoDataset(samples, ClipView(config.data, train=True, randaug=(ft.randaug_n, ft.randaug_m)),
-                               backend=config.data.decoder)
+                               backend=config.data.decoder, cache_decoded=config.data.cache_decoded)
 
         def finish(trained: FinetuneObjective) -> dict[str, Any]:
             result = multiview_accuracy(trained.classifier, test_set, config, device)

@@ -153,7 +153,7 @@ def pretrain(config: Config, output: str | Path, resume: str | Path | None = Non
             raise ConfigError("data.train is not set: give a list file or an ImageFolder directory")
         method = build_method(config).to(device)
         dataset = VideoDataset(training_samples(config), build_view(config.data, train=True),
-                               backend=config.data.decoder)
+                               backend=config.data.decoder, cache_decoded=config.data.cache_decoded)
         return Job(method, dataset, param_groups(method, config.train.weight_decay), config.train)
 
     return train_loop(config, output, make_job, resume)

@@ -50,6 +50,8 @@ class MAE(nn.Module):
             embed_dim=config.model.decoder_dim,
             depth=config.model.decoder_depth,
             num_heads=config.model.decoder_heads,
+            pos_embed=config.model.pos_embed,
+            init=config.model.init,
         )
 
     def make_mask(self, clip: torch.Tensor) -> Mask:

@@ -29,6 +29,8 @@ def build_encoder(config: ModelConfig) -> VisionTransformer | ConvViT:
         tubelet_size=config.tubelet_size,
         drop_path_rate=config.drop_path,
         cls_token=config.cls_token,
+        pos_embed=config.pos_embed,
+        init=config.init,
     )
 
 
@@ -45,4 +47,6 @@ def _build_convvit(config: ModelConfig) -> ConvViT:
         num_heads=size.num_heads,
         tubelet_size=config.tubelet_size,
         drop_path_rate=config.drop_path,
+        pos_embed=config.pos_embed,
+        init=config.init,
     )

@@ -30,12 +30,13 @@ strided conv and a linear map (0.5 M), which keeps ConvViT-B at ConvMAE's 84 M.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
 from cmae.models.patchify import fill_tubelet, token_grid
-from cmae.models.vit import Block, DropPath, gather_tokens, init_weights, pos_embed_for
+from cmae.models.vit import Block, DropPath, gather_tokens, init_linear_map, init_weights, pos_embed_for
 
 STRIDE = 16  # the stride of the token grid: stage 1 (4) x stage 2 (2) x stage 3 (2)
 
@@ -143,9 +144,12 @@ class ConvViT(nn.Module):
         tubelet_size: int = 2,
         in_chans: int = 3,
         drop_path_rate: float = 0.0,
+        pos_embed: str = "separable",
+        init: str = "normal",
     ):
         super().__init__()
         c1, c2, dim = widths
+        self.pos_embed = pos_embed
         self.embed_dim, self.depth = dim, depths[2]
         self.patch_embed = TokenGrid(STRIDE, tubelet_size)  # no parameters: the grid the methods ask for
         self.patch_embed1 = ConvPatchEmbed(in_chans, c1, 4, tubelet=tubelet_size)
@@ -161,10 +165,10 @@ class ConvViT(nn.Module):
         self.fuse1 = ScaleFusion(c1, dim, 4)
         self.fuse2 = ScaleFusion(c2, dim, 2)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.apply(init_weights)
+        self.apply(partial(init_weights, scheme=init))
         for embed in (self.patch_embed1, self.patch_embed2, self.patch_embed3):
             # a patch embedding is a linear map of each patch: initialise it like one (as MAE does)
-            nn.init.xavier_uniform_(embed.proj.weight.view(embed.proj.out_channels, -1))
+            init_linear_map(embed.proj, init)
 
     @property
     def patch_size(self) -> int:
@@ -205,7 +209,7 @@ class ConvViT(nn.Module):
         x = self.patch_embed3(x)  # [B*T', D, H', W']
         # [B*T', H'*W', D] -> [B, T'*H'*W', D]: frames were folded b-major, so tokens come out time-major
         tokens = self.patch_embed4(x.flatten(2).transpose(1, 2)).reshape(b, n, -1)
-        tokens = tokens + pos_embed_for(self.embed_dim, grid, tokens)
+        tokens = tokens + pos_embed_for(self.embed_dim, grid, tokens, self.pos_embed)
         fused = fused.reshape(b, n, -1)
         if visible is not None:
             tokens, fused = gather_tokens(tokens, visible), gather_tokens(fused, visible)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -28,16 +30,20 @@ class PixelDecoder(nn.Module):
         depth: int = 8,
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
+        pos_embed: str = "separable",
+        init: str = "normal",
     ):
         super().__init__()
         self.embed_dim = embed_dim
+        self.pos_embed = pos_embed
         self.decoder_embed = nn.Linear(encoder_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.decoder_blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.decoder_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(embed_dim, patch_dim)
-        self.apply(init_weights)
-        nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(partial(init_weights, scheme=init))
+        if init == "xavier":  # MAE's; Hugging Face's VideoMAE starts the mask token at zero
+            nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(
         self, visible_tokens: torch.Tensor, visible: torch.Tensor, grid: tuple[int, int, int]
@@ -47,7 +53,7 @@ class PixelDecoder(nn.Module):
         x = self.decoder_embed(visible_tokens)
         full = self.mask_token.to(x.dtype).expand(b, num_tokens, -1).clone()
         full.scatter_(1, visible[..., None].expand(-1, -1, self.embed_dim), x)
-        full = full + pos_embed_for(self.embed_dim, grid, full)
+        full = full + pos_embed_for(self.embed_dim, grid, full, self.pos_embed)
         for block in self.decoder_blocks:
             full = block(full)
         hidden = self.decoder_norm(full)

@@ -51,3 +51,33 @@ def sincos_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
     return torch.cat(
         [space[None].expand(t, -1, -1), time[:, None].expand(-1, h * w, -1)], dim=2
     ).reshape(t * h * w, dim)
+
+
+def sincos_joint(dim: int, num_tokens: int) -> torch.Tensor:
+    """VideoMAE's table: one 1D sin-cos code over the flattened token index -> [N, dim].
+
+    Channel 2i holds sin(n / 10000^(2i/dim)), channel 2i+1 the matching cos (interleaved, as
+    VideoMAE's and Hugging Face's `get_sinusoid_encoding_table`), so loaded VideoMAE weights see
+    the positions they were trained with. Token n = t*H*W + h*W + w: the code does not separate
+    space from time, so one encoder's table changes with the grid's width and height.
+    """
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dimension, got {dim}")
+    exponent = 2 * (torch.arange(dim, dtype=torch.float64) // 2) / dim
+    angles = torch.arange(num_tokens, dtype=torch.float64)[:, None] / 10000**exponent[None, :]
+    table = torch.empty_like(angles)
+    table[:, 0::2], table[:, 1::2] = angles[:, 0::2].sin(), angles[:, 1::2].cos()
+    return table.float()
+
+
+POS_EMBEDS = ("separable", "joint")
+
+
+def position_table(kind: str, dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    """The fixed table of `kind` (`separable`: space x time, the default; `joint`: VideoMAE's
+    1D code over t*h*w) for a (T', H', W') grid -> [T'*H'*W', dim]."""
+    if kind == "separable":
+        return sincos_3d(dim, grid)
+    if kind == "joint":
+        return sincos_joint(dim, grid[0] * grid[1] * grid[2])
+    raise ValueError(f"model.pos_embed must be one of {', '.join(POS_EMBEDS)}, got {kind!r}")
