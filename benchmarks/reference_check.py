@@ -139,26 +139,33 @@ class Row:
     preset: str = "videomae"  # the demo preset the row starts from
 
 
-OLD = ["model.init=xavier", "model.pos_embed=separable"]  # cmae before the fix (MAE's init)
-NEW = ["model.init=normal", "model.pos_embed=joint"]
+OLD = ["model.init=xavier", "model.decoder_init=xavier", "model.pos_embed=separable"]  # before: MAE's init
+NEW = ["model.init=normal", "model.decoder_init=normal", "model.pos_embed=joint"]  # Hugging Face's
+FIXED = ["model.init=normal", "model.decoder_init=xavier", "model.pos_embed=separable"]  # cmae's defaults now
 ROWS = [
     Row("hf", "HF VideoMAE (reference), trained by cmae's loop", hf=True),
     Row("cmae-xavier", "cmae videomae, MAE/VideoMAE xavier init, separable table (before the fix)", OLD),
-    Row("cmae-xavier-joint", "cmae, xavier init, VideoMAE's joint table", ["model.init=xavier", "model.pos_embed=joint"]),
-    Row("cmae-normal-separable", "cmae, normal(0.02) init, separable table", ["model.init=normal", "model.pos_embed=separable"]),
-    Row("cmae-normal", "cmae, normal(0.02) init, joint table (`model.init=normal model.pos_embed=joint`)", NEW),
+    Row("cmae-xavier-joint", "cmae, xavier init, VideoMAE's joint table", [*OLD, "model.pos_embed=joint"]),
+    Row("cmae-normal-separable", "cmae, normal(0.02) init, separable table", [*NEW, "model.pos_embed=separable"]),
+    Row("cmae-normal", "cmae, normal(0.02) init everywhere, joint table: Hugging Face's initial state", NEW),
+    Row("cmae-fixed", "cmae after the fix (its defaults): normal(0.02) encoder, xavier decoder, separable table",
+        FIXED),
     Row("normal-but-enc-xavier", "cmae normal init, but xavier linears in the encoder", NEW,
         lambda m: xavier_linears(m, "encoder")),
     Row("normal-but-dec-xavier", "cmae normal init, but xavier linears in the decoder", NEW,
         lambda m: xavier_linears(m, "decoder")),
     Row("normal-but-head-xavier", "cmae normal init, but xavier on the decoder head only", NEW, head_xavier),
+    Row("normal-but-dec-blocks-xavier", "cmae normal init, but xavier in the decoder's blocks and input map "
+        "(head normal)", NEW, lambda m: (xavier_linears(m, "decoder"), normal_linears(m, "decoder.decoder_pred"))),
+    Row("normal-but-dec-qkv-xavier", "cmae normal init, but xavier on the decoder's attention qkv only", NEW,
+        lambda m: [xavier_linears(m, f"decoder.decoder_blocks.{i}.attn.qkv") for i in range(len(m.decoder.decoder_blocks))]),
     Row("xavier-but-head-normal", "cmae xavier init, but normal(0.02) on the decoder head only", OLD,
         lambda m: normal_linears(m, "decoder.decoder_pred")),
     Row("normal-conv-default", "cmae normal init, PyTorch's default Conv3d patch embedding (official VideoMAE)",
         NEW, default_conv),
     Row("normal-mask-0.02", "cmae normal init, mask token normal(0.02) instead of zero", NEW, mask_token(0.02)),
     Row("xavier-lr3.5", "cmae xavier init, joint table, 3.5x the learning rate (xavier's std / 0.02 at width 96)",
-        ["model.init=xavier", "model.pos_embed=joint", "train.base_lr=5.25e-3"]),
+        [*OLD, "model.pos_embed=joint", "train.base_lr=5.25e-3"]),
 ]
 
 

@@ -76,6 +76,7 @@ def test_parse_override_yaml_values():
     ("eval.feature=max", r"'eval.feature' must be one of mean, temporal, cls, got 'max'"),
     ("model.pos_embed=learned", r"'model.pos_embed' must be one of separable, joint, got 'learned'"),
     ("model.init=kaiming", r"'model.init' must be one of xavier, normal, got 'kaiming'"),
+    ("model.decoder_init=zeros", r"'model.decoder_init' must be one of xavier, normal, got 'zeros'"),
 ])
 def test_out_of_range_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

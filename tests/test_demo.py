@@ -1,7 +1,9 @@
 """The demo end to end on a tiny budget: every file it promises, a well-formed table."""
 
+import pytest
+
 from cmae.data.synth import SynthSpec
-from cmae.demo import RANDOM_FLOORS, TASKS, run_demo
+from cmae.demo import RANDOM_FLOORS, TASKS, Claim, difference_se, run_demo
 
 TINY = ["model.name=vit_pico_p4", "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2",
         "data.image_size=32", "train.batch_size=8", "data.num_workers=0", "train.warmup_epochs=0"]
@@ -19,5 +21,15 @@ def test_demo_writes_table_curves_and_picture(tmp_path):
     assert len(summaries) == len(rows) * 2 * len(TASKS)  # one folder per encoder, task and protocol
     floor_config = (tmp_path / "eval" / "random-videomae-motion-knn" / "config.yaml").read_text()
     assert "vit_pico_p4" in floor_config and "image_size: 32" in floor_config  # the demo's overrides reach the floors
-    table = (tmp_path / "results.md").read_text()
-    assert "| motion linprobe |" in table and table.count("\n| ") == 2 + len(rows)
+    accuracies, claims = (tmp_path / "results.md").read_text().split("What each method is built to learn")
+    assert "| motion linprobe |" in accuracies and accuracies.count("\n| ") == 2 + len(rows)
+    # the claims whose encoders ran, each with its difference, standard error and verdict
+    claim_rows = [line for line in claims.splitlines() if line.startswith("| ") and "learns" in line]
+    assert [line.split(":")[0] for line in claim_rows] == ["| videomae learns motion", "| vic_mae learns appearance"]
+    assert all(line.endswith(("| yes |", "| no |")) for line in claim_rows)
+
+
+def test_claims_need_both_margin_and_standard_errors():
+    assert difference_se(50.0, 50.0, 100) == pytest.approx(100 * (0.5 / 100) ** 0.5)
+    assert Claim("x", "c", "a", "b", margin=8).check(8.0, 5.0) and not Claim("x", "c", "a", "b", margin=8).check(7.9, 0.1)
+    assert not Claim("x", "c", "a", "b", min_se=2).check(3.0, 1.5) and Claim("x", "c", "a", "b", min_se=2).check(3.1, 1.5)

@@ -66,9 +66,10 @@ class ModelConfig:
     cls_token: bool = False
     # fixed sin-cos positions: separable (space x time tables) | joint (VideoMAE's 1D table over t*h*w)
     pos_embed: str = "separable"
-    # linear layers and patch projections: normal = N(0, 0.02) at every width (Hugging Face's VideoMAE, BEiT);
-    # xavier = MAE's and VideoMAE's code, whose larger draws at small widths learn less (README, reference check)
+    # the encoder's linear layers and patch projection: normal = N(0, 0.02) at every width (Hugging Face's
+    # VideoMAE, BEiT) | xavier (MAE's and VideoMAE's code: larger draws at small widths, which learn less)
     init: str = "normal"
+    decoder_init: str = "xavier"  # the pixel decoder's: xavier (MAE, VideoMAE) | normal (Hugging Face); README
     decoder_dim: int = 384
     decoder_depth: int = 4
     decoder_heads: int = 6
@@ -223,7 +224,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "finetune.randaug_m": (lambda v: 0 <= v <= 10, "in [0, 10] (timm's RandAugment scale)"),
     "eval.feature": (lambda v: v in ("mean", "temporal", "cls"), "one of mean, temporal, cls"),
     "model.pos_embed": (lambda v: v in ("separable", "joint"), "one of separable, joint"),
-    "model.init": (lambda v: v in ("xavier", "normal"), "one of xavier, normal"),
+    **{key: (lambda v: v in ("xavier", "normal"), "one of xavier, normal") for key in ("model.init", "model.decoder_init")},
     **{key: (lambda v: len(v) == 2 and all(_fraction(x) for x in v), "two values in [0, 1)")
        for key in ("train.betas", "finetune.betas")},
     "data.crop_scale": (_pair(lambda x: 0 < x <= 1), "[low, high] with 0 < low <= high <= 1"),

@@ -51,7 +51,7 @@ class MAE(nn.Module):
             depth=config.model.decoder_depth,
             num_heads=config.model.decoder_heads,
             pos_embed=config.model.pos_embed,
-            init=config.model.init,
+            init=config.model.decoder_init,
         )
 
     def make_mask(self, clip: torch.Tensor) -> Mask:

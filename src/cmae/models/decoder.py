@@ -31,7 +31,7 @@ class PixelDecoder(nn.Module):
         num_heads: int = 16,
         mlp_ratio: float = 4.0,
         pos_embed: str = "separable",
-        init: str = "normal",
+        init: str = "xavier",
     ):
         super().__init__()
         self.embed_dim = embed_dim
