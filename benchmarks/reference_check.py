@@ -8,7 +8,8 @@ linear probe on the motion label. The reference row is `transformers.VideoMAEFor
 loss), wrapped as a cmae method; its weights are probed through `cmae.interop.videomae_from_hf`.
 The other rows are cmae's `videomae` with one factor of its initial state changed at a time.
 
-    python benchmarks/reference_check.py                       # every row, seeds 0 1 2 (~1 h on 2 cores)
+    python benchmarks/reference_check.py                       # every reference row, seeds 0 1 2 (~1.5 h, 2 cores)
+    python benchmarks/reference_check.py --rows cmae_v cmae_v-w0 cmae_v-2tau --seeds 0     # CMAE-V ablation rows
     python benchmarks/reference_check.py --rows hf cmae-xavier --seeds 0
     python benchmarks/reference_check.py --rows cmae-xavier cmae-normal --output runs/rc-vit-b --epochs 3 \
         --set model.name=vit_base model.patch_size=8 model.decoder_dim=384 model.decoder_heads=6 model.decoder_depth=4
@@ -34,8 +35,8 @@ from torch import nn
 
 from cmae.config import Config, load_config
 from cmae.data.dataset import VideoDataset
-from cmae.data.views import build_view
 from cmae.data.synth import SynthSpec
+from cmae.data.views import build_view
 from cmae.demo import DEMO_EPOCHS, PRESETS, PROBE, _has_dataset
 from cmae.engine.checkpoint import save_checkpoint
 from cmae.engine.evaluate import frozen_evaluation
@@ -120,13 +121,6 @@ def mask_token(std: float) -> Callable[[nn.Module], None]:
 
 def head_xavier(method: nn.Module) -> None:
     nn.init.xavier_uniform_(method.decoder.decoder_pred.weight)
-
-
-def both(*changes: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
-    def apply(method: nn.Module) -> None:
-        for change in changes:
-            change(method)
-    return apply
 
 
 @dataclass
