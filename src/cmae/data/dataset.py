@@ -86,10 +86,10 @@ class VideoDataset(Dataset):
         source = None if self.cache is None else self.cache.get(sample.path)
         if source is None:
             source = open_source(sample.path, self.backend)
-            if self.cache is not None and not isinstance(source, ImageSource):
-                with contextlib.closing(source):
-                    source = DecodedVideo(source)
             if self.cache is not None:
+                if not isinstance(source, ImageSource):  # an image is already held in memory
+                    with contextlib.closing(source):
+                        source = DecodedVideo(source)
                 self.cache[sample.path] = source
         try:
             return self.view(source)
