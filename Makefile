@@ -30,6 +30,7 @@ demo: $(STAMP)
 	$(BIN)/cmae demo --output runs/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)

@@ -18,7 +18,7 @@ import math
 import statistics
 from pathlib import Path
 
-from cmae.demo import CLAIMS, DEMO_EPOCHS, DEMO_SPEC, claim_lines, difference_se, run_demo
+from cmae.demo import CLAIMS, DEMO_EPOCHS, DEMO_SPEC, budget_text, claim_lines, difference_se, run_demo
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,13 +54,14 @@ def seed_table(runs: dict[int, list[dict]]) -> str:
         return f"{statistics.fmean(values):.1f} +- {statistics.stdev(values) if n > 1 else 0.0:.1f}"
 
     lines = [f"Top-1 accuracy (%), mean +- std over seeds {', '.join(map(str, seeds))} of `cmae demo` "
-             f"({DEMO_EPOCHS} epochs on {DEMO_SPEC.num_train} clips, {DEMO_SPEC.num_val} validation clips).", "",
+             f"({budget_text(DEMO_EPOCHS, DEMO_SPEC.num_train)}, {DEMO_SPEC.num_val} validation clips).", "",
              "| encoder | " + " | ".join(columns) + " |", "| --- | " + " | ".join("---:" for _ in columns) + " |"]
     lines += [f"| {e} | " + " | ".join(mean_std(value[e, c]) for c in columns) + " |" for e in encoders]
     means = [{"encoder": e, **{c: statistics.fmean(value[e, c]) for c in columns}} for e in encoders]
 
     def se_of(claim, a: float, b: float) -> float:
-        differences = [x - y for x, y in zip(value[claim.encoder, claim.column], value[claim.baseline, claim.column])]
+        pairs = zip(value[claim.encoder, claim.column], value[claim.baseline, claim.column], strict=True)
+        differences = [x - y for x, y in pairs]
         spread = statistics.stdev(differences) ** 2 / n if n > 1 else 0.0
         return math.sqrt(spread + difference_se(a, b, DEMO_SPEC.num_val) ** 2)
 

@@ -26,9 +26,9 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -40,7 +40,8 @@ from cmae.data.views import build_view
 from cmae.demo import DEMO_EPOCHS, PRESETS, PROBE, _has_dataset
 from cmae.engine.checkpoint import save_checkpoint
 from cmae.engine.evaluate import frozen_evaluation
-from cmae.engine.pretrain import Job, train_loop, training_samples
+from cmae.engine.loop import Job, train_loop
+from cmae.engine.pretrain import training_samples
 from cmae.engine.schedule import param_groups
 from cmae.interop import videomae_from_hf
 from cmae.masking import make_mask
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", nargs="*", default=[row.name for row in ROWS], choices=[row.name for row in ALL_ROWS],
                         help="rows to run (default: the reference check's; cmae_v* rows: the CMAE-V ablation)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS["videomae"])
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value",
                         help="overrides for every row (e.g. a paper-size model)")
     parser.add_argument("--init-table", action="store_true", help="only print xavier's std by model width")

@@ -53,7 +53,7 @@ def assert_sharded_matches_whole(fn, inputs: list) -> None:
     loss.backward()
     sharded_loss, sharded_grads = run_sharded(fn, inputs)
     assert math.isclose(sharded_loss, loss.item(), rel_tol=1e-5)
-    for x, grad in zip(whole, sharded_grads):
+    for x, grad in zip(whole, sharded_grads, strict=False):
         if x.grad is None:
             assert grad is None
             continue

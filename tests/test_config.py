@@ -1,3 +1,7 @@
+import subprocess
+import sys
+import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -81,3 +85,34 @@ def test_parse_override_yaml_values():
 def test_out_of_range_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("configs/demo/videomae.yaml", [override])
+
+
+def choice_keys() -> dict[str, tuple[str, ...]]:
+    """Every choice-valued key (a `Literal` field) and its allowed values."""
+    keys = {}
+    for section, section_type in typing.get_type_hints(Config).items():
+        for name, hint in typing.get_type_hints(section_type).items():
+            if typing.get_origin(hint) is typing.Literal:
+                keys[f"{section}.{name}"] = typing.get_args(hint)
+    return keys
+
+
+def test_every_choice_key_is_checked_when_the_config_loads():
+    keys = choice_keys()
+    assert {"data.views", "method.masking", "method.pooling", "eval.feature", "train.precision"} <= set(keys)
+    for key, choices in keys.items():
+        with pytest.raises(ConfigError, match=f"config key '{key}' must be one of {', '.join(choices)}, got 'foo'"):
+            load_config(None, [f"{key}=foo"])
+        for choice in choices:
+            assert getattr(getattr(load_config(None, [f"{key}={choice}"]), key.split(".")[0]), key.split(".")[1]) == choice
+
+
+def test_cli_rejects_a_bad_choice_before_reading_data(tmp_path):
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, "-m", "cmae.cli", "pretrain", "--config", "configs/demo/videomae.yaml", "--output",
+         str(tmp_path / "run"), f"data.train={tmp_path / 'missing.txt'}", "method.masking=foo"],
+        capture_output=True, text=True)
+    assert result.returncode == 2 and time.time() - started < 15
+    assert "method.masking" in result.stderr and "auto, tube, random" in result.stderr
+    assert "missing.txt" not in result.stderr and not (tmp_path / "run").exists()

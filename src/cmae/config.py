@@ -8,11 +8,12 @@ named. The resolved config is written to each run's `config.yaml`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -24,6 +25,11 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
 
 
+class InputError(ValueError):
+    """Unusable input data (a malformed list line, an empty list or image folder); the message
+    names the file, and the line where there is one."""
+
+
 @dataclass
 class DataConfig:
     train: str = ""  # list file of `<path> <label>` lines, or an ImageFolder directory
@@ -31,7 +37,8 @@ class DataConfig:
     num_frames: int = 16  # frames per clip fed to the encoder (1 for image MAE)
     sampling_rate: int = 4  # stride between sampled frames
     image_size: int = 224
-    views: str = "clip"  # how a sample becomes the method's inputs: see cmae.data.views
+    # how a sample becomes the method's inputs: see cmae.data.views
+    views: Literal["clip", "temporal_shift", "frame_pair"] = "clip"
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # random resized crop area range
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: bool = True
@@ -40,7 +47,7 @@ class DataConfig:
     test_crop_ratio: float = 1.0
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    decoder: str = "auto"  # auto | torchcodec | pyav
+    decoder: Literal["auto", "torchcodec", "pyav"] = "auto"
     num_workers: int = 2
     cache_decoded: bool = False  # keep every decoded training video in memory (small sets of short clips)
     max_failed_fraction: float = 0.05  # stop the run when more of the decoded files than this are corrupt
@@ -49,7 +56,8 @@ class DataConfig:
     pixel_shift: int = 0  # max offset in pixels of the target's crop (CMAE's pixel shift: 31); 0 = same crop
     target_color: bool = True  # colour jitter / grayscale / blur on the target clip only
     # views=frame_pair (ViC-MAE and the MAE+SimSiam / MAE+VICReg baselines)
-    pair_sampling: str = "distant"  # distant (one frame from each half) | continuous (second frame in (i, i+gap])
+    # distant (one frame from each half) | continuous (second frame in (i, i+gap])
+    pair_sampling: Literal["distant", "continuous"] = "distant"
     frame_gap: int = 4  # continuous sampling's delta; 0 gives the same frame twice
     video_color: bool = False  # the strong colour recipe on video frames too (ViC-MAE appendix B.2)
     solarize: bool = False  # solarisation on an image's second view (the released code)
@@ -65,11 +73,11 @@ class ModelConfig:
     drop_path: float = 0.0
     cls_token: bool = False
     # fixed sin-cos positions: separable (space x time tables) | joint (VideoMAE's 1D table over t*h*w)
-    pos_embed: str = "separable"
+    pos_embed: Literal["separable", "joint"] = "separable"
     # the encoder's linear layers and patch projection: normal = N(0, 0.02) at every width (Hugging Face's
     # VideoMAE, BEiT) | xavier (MAE's and VideoMAE's code: larger draws at small widths, which learn less)
-    init: str = "normal"
-    decoder_init: str = "xavier"  # the pixel decoder's: xavier (MAE, VideoMAE) | normal (Hugging Face); README
+    init: Literal["xavier", "normal"] = "normal"
+    decoder_init: Literal["xavier", "normal"] = "xavier"  # the pixel decoder's: MAE, VideoMAE | Hugging Face; README
     decoder_dim: int = 384
     decoder_depth: int = 4
     decoder_heads: int = 6
@@ -78,27 +86,31 @@ class ModelConfig:
 @dataclass
 class MethodConfig:
     name: str = "videomae"  # a method of cmae.methods.METHODS
-    masking: str = "auto"  # auto (the method's own: tube for video methods) | tube | random
+    masking: Literal["auto", "tube", "random"] = "auto"  # auto: the method's own (tube for video methods)
     mask_ratio: float = 0.9
-    norm_pix: str = "channel"  # channel (VideoMAE) | patch (MAE) | none
+    norm_pix: Literal["channel", "patch", "none"] = "channel"  # channel (VideoMAE) | patch (MAE)
     # contrastive branch (cmae_v)
-    feature: str = "decoder"  # online feature: decoder (mean of all pixel-decoder states) | encoder (visible tokens)
+    # online feature: decoder (mean of all pixel-decoder states) | encoder (visible tokens)
+    feature: Literal["decoder", "encoder"] = "decoder"
     proj_hidden: int = 1536
     proj_dim: int = 256
     pred_hidden: int = 1536
+    predictor: bool = True  # cmae_v: false drops the online predictor (query = projector output), an ablation
     temperature: float = 0.07
     con_weight: float = 1.0  # lambda_c in L = L_rec + lambda_c * L_con
     con_scale_2tau: bool = False  # multiply InfoNCE by 2*tau, as CMAE's code does
     momentum: float = 0.996  # EMA rate of the target encoder and projector
-    momentum_schedule: str = "constant"  # constant | cosine (from `momentum` to 1.0 over the run)
+    momentum_schedule: Literal["constant", "cosine"] = "constant"  # (from `momentum` to 1.0 over the run)
     # BatchNorm in projector/predictor heads: statistics over the global batch under torchrun
     # (SyncBN, as MoCo v3 and CMAE's code); false: per rank
     global_bn: bool = True
     # two-view methods (vic_mae, mae_simsiam, mae_vicreg)
-    pooling: str = "mean"  # vic_mae's token pooling: mean | max | gem (learnable p)
-    projector: str = "paper"  # vic_mae: paper (D -> 2D, 2D, 2D; appendix A) | released (D -> 4096 -> 128)
-    contrast: str = "eq3"  # vic_mae: eq3 (NT-Xent over 2N, mean) | algorithm1 (two cross-view directions, summed)
-    rec_views: str = "both"  # reconstruct both views (averaged) | first (Algorithm 1)
+    pooling: Literal["mean", "max", "gem"] = "mean"  # vic_mae's token pooling (gem: learnable p)
+    # vic_mae: paper (D -> 2D, 2D, 2D; appendix A) | released (D -> 4096 -> 128)
+    projector: Literal["paper", "released"] = "paper"
+    # vic_mae: eq3 (NT-Xent over 2N, mean) | algorithm1 (two cross-view directions, summed)
+    contrast: Literal["eq3", "algorithm1"] = "eq3"
+    rec_views: Literal["both", "first"] = "both"  # reconstruct both views (averaged) | first (Algorithm 1)
     con_start_epoch: float = 0.0  # lambda is 0 before this epoch, then con_weight (ViC-MAE: 200 of 800)
     vicreg_weights: list[float] = field(default_factory=lambda: [25.0, 25.0, 1.0])  # invariance, variance, covariance
 
@@ -116,8 +128,8 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float = 0.0  # max gradient norm; 0 disables clipping
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     log_every: int = 10  # steps between metrics.jsonl lines
     save_every: int = 1  # epochs between checkpoint-last.pt writes (the last epoch is always saved)
     keep_every: int = 0  # also keep checkpoint-NNNN.pt every this many epochs; 0: only the last
@@ -128,7 +140,7 @@ class TrainConfig:
 class EvalConfig:
     """Linear probe, kNN and shared evaluation settings (MAE / ViC-MAE Table 7 defaults)."""
 
-    feature: str = "mean"  # mean of patch tokens | temporal (per-time-step means, concatenated) | cls
+    feature: Literal["mean", "temporal", "cls"] = "mean"  # mean of patch tokens | temporal (per-time-step means) | cls
     clips: int = 1  # temporal clips per video at test time (K400 5, SSv2 2, ViC-MAE K400 7)
     crops: int = 1  # spatial crops per clip at test time (papers: 3)
     label_fraction: float = 1.0  # train on a seeded, class-balanced fraction of the labels
@@ -200,8 +212,7 @@ def _pair(check) -> Any:
 
 # Values the schema's types allow but no run can use, rejected when the config is loaded
 # rather than as a ZeroDivisionError (log_every=0) or a shape error hours later.
-# Enumerated choices (data.views, method.pooling, ...) are checked where they are built,
-# which also happens before training starts.
+# Enumerated choices (data.views, method.pooling, ...) are `Literal` types, checked with the types.
 _RULES: dict[str, tuple[Any, str]] = {
     **{key: (_positive, "> 0") for key in (
         "data.num_frames", "data.sampling_rate", "data.image_size", "model.tubelet_size", "model.decoder_dim",
@@ -222,9 +233,8 @@ _RULES: dict[str, tuple[Any, str]] = {
     "data.test_crop_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "finetune.randaug_m": (lambda v: 0 <= v <= 10, "in [0, 10] (timm's RandAugment scale)"),
-    "eval.feature": (lambda v: v in ("mean", "temporal", "cls"), "one of mean, temporal, cls"),
-    "model.pos_embed": (lambda v: v in ("separable", "joint"), "one of separable, joint"),
-    **{key: (lambda v: v in ("xavier", "normal"), "one of xavier, normal") for key in ("model.init", "model.decoder_init")},
+    "train.device": (lambda v: v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None,
+                     "one of auto, cpu, cuda, cuda:N"),
     **{key: (lambda v: len(v) == 2 and all(_fraction(x) for x in v), "two values in [0, 1)")
        for key in ("train.betas", "finetune.betas")},
     "data.crop_scale": (_pair(lambda x: 0 < x <= 1), "[low, high] with 0 < low <= high <= 1"),
@@ -264,6 +274,11 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
         (item_type,) = typing.get_args(annotation)
         if isinstance(value, (list, tuple)):
             return [_check_value(f"{key}[{i}]", item, item_type) for i, item in enumerate(value)]
+    elif origin is Literal:
+        choices = typing.get_args(annotation)
+        if isinstance(value, str) and value in choices:
+            return value
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {value!r}")
     elif annotation is bool:
         if isinstance(value, bool):
             return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cmae.engine.distributed import gather_no_grad, gather_with_grad, rank_and_world
+from cmae.distributed import gather_no_grad, gather_with_grad, rank_and_world
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,9 @@ of a masked patch are estimated from its nearest visible neighbours instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -152,7 +153,7 @@ def visualize(
 
     encoder = method.encoder
     patch, tubelet = encoder.patch_size, encoder.tubelet_size
-    grid = encoder.patch_embed.grid(clip.shape)
+    grid = encoder.token_grid(clip.shape)
     patches = patchify(clip.float(), patch, tubelet)  # [1, N, P]; pads an image to the tubelet
     predicted = denormalize_patches(rec.pred, patches, mask.masked, config.method.norm_pix, grid,
                                     true_stats=true_stats)
@@ -231,18 +232,18 @@ def plot_runs(runs: Sequence[str | Path], output: str | Path, keys: Sequence[str
         keys = [key for key in DEFAULT_PLOT_KEYS if key in logged]
         if not keys:
             raise ConfigError(f"none of {', '.join(DEFAULT_PLOT_KEYS)} is logged in {', '.join(map(str, runs))}")
-    unknown = [key for key in keys if key not in logged]
-    if unknown:
-        raise ConfigError(f"key(s) {', '.join(map(repr, unknown))} not logged by any run; "
+    missing = [key for key in keys if key not in logged]
+    if missing:
+        raise ConfigError(f"key(s) {', '.join(map(repr, missing))} not logged by any run; "
                           f"logged keys: {', '.join(sorted(logged))}")
 
     figure = Figure(figsize=(5.0 * len(keys), 3.6), dpi=100, layout="constrained")
     axes = figure.subplots(1, len(keys), squeeze=False)[0]
-    for ax, key in zip(axes, keys):
+    for ax, key in zip(axes, keys, strict=False):
         for label, rows in records.items():
             points = [(row["step"], row[key]) for row in rows if key in row and "step" in row]
             if points:
-                steps, values = zip(*points)
+                steps, values = zip(*points, strict=False)
                 ax.plot(steps, values, label=label, linewidth=1.2)
         ax.set_title(key)
         ax.set_xlabel("step")

@@ -40,3 +40,17 @@ def test_image_folder(tmp_path):
     assert classes == ["ant", "cat"]
     assert [(s.path.name, s.label) for s in samples] == [("0.png", 0), ("0.png", 1), ("1.png", 1)]
     assert read_samples(tmp_path) == samples
+
+
+def test_cli_reports_a_malformed_line_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "list.txt").write_text("a.mp4 0\nb.mp4\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "cmae.cli", "pretrain", "--config", "configs/demo/videomae.yaml",
+         "--output", str(tmp_path / "run"), f"data.train={tmp_path / 'list.txt'}"],
+        capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"cmae pretrain: error: {tmp_path / 'list.txt'}:2: expected '<path> <label>'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,6 +1,7 @@
 """Tests for the synthetic action data set (cmae.data.synth)."""
 from __future__ import annotations
 
+import colorsys
 import dataclasses
 import json
 from pathlib import Path
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 
 from cmae.data.synth import (
+    COLOR_CLASSES,
     MOTION_CLASSES,
     OBJECT_CLASSES,
+    SCENE_CLASSES,
     SynthSpec,
     render_clip,
     sample_clip,
@@ -47,7 +50,7 @@ def test_files_and_list_formats(tiny):
     assert (out / "object_classes.txt").read_text().splitlines() == list(OBJECT_CLASSES)
     assert len(MOTION_CLASSES) == 8 and len(OBJECT_CLASSES) == 5
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["spec"] == dataclasses.asdict(TINY)
+    assert meta["spec"] == json.loads(json.dumps(dataclasses.asdict(TINY)))  # tuples come back as lists
     assert summary["counts"] == {"train": 16, "val": 8}
 
     for split, count in (("train", TINY.num_train), ("val", TINY.num_val)):
@@ -58,6 +61,10 @@ def test_files_and_list_formats(tiny):
         assert [p for p, _ in motion] == [p for p, _ in shapes] == [f"videos/{split}/{i:05d}.mp4" for i in range(count)]
         assert all(0 <= y < len(MOTION_CLASSES) for _, y in motion)
         assert all(0 <= y < len(OBJECT_CLASSES) for _, y in shapes)
+        for suffix, classes in (("_color", COLOR_CLASSES), ("_scene", SCENE_CLASSES)):
+            labels = _read_list(out / f"{split}{suffix}.txt")
+            assert [p for p, _ in labels] == [p for p, _ in motion]
+            assert all(0 <= y < len(classes) for _, y in labels)
         assert all((out / p).is_file() for p, _ in motion)  # paths are relative to the list's folder
     assert {y for _, y in _read_list(out / "train.txt")} == set(range(8))
     assert not list(out.rglob("*.tmp"))  # temp files were all renamed
@@ -190,3 +197,13 @@ def test_background_drift_and_distractors_are_options():
         assert all(d.shape == clean.obj.shape for d in clean.distractors)
         assert [d.color for d in clean.distractors] == [d.color for d in mixed.distractors]
         assert np.array_equal(clean.obj.center, mixed.obj.center)
+        # a clean colour label: distractors take the main object's colours, shapes stay as drawn
+        same_color = sample_clip(0, np.random.default_rng(seed), num_frames=8, size=32, distractors=3,
+                                 same_color_distractors=True)
+        assert all((d.color, d.mark_color, d.hue_class) == (same_color.obj.color, same_color.obj.mark_color,
+                                                            same_color.obj.hue_class) for d in same_color.distractors)
+        assert [d.shape for d in same_color.distractors] == [d.shape for d in mixed.distractors]
+        assert same_color.obj.color == mixed.obj.color and same_color.scene == mixed.scene
+        # the colour label is the body's hue bin (up to the 8-bit rounding of the colour)
+        hue = colorsys.rgb_to_hsv(*(c / 255 for c in mixed.obj.color))[0] * len(COLOR_CLASSES)
+        assert min(abs(hue - mixed.obj.hue_class - offset) for offset in (0.5, 0.5 + len(COLOR_CLASSES))) <= 0.52

@@ -24,7 +24,7 @@ def test_clip_indices_stride_and_range():
     for _ in range(50):
         idx = clip_indices(40, 8, 4)
         assert len(idx) == 8 and idx[0] >= 0 and idx[-1] < 40
-        assert all(b - a == 4 for a, b in zip(idx, idx[1:]))
+        assert all(b - a == 4 for a, b in zip(idx, idx[1:], strict=False))
     assert clip_indices(40, 4, 2, start=3) == [3, 5, 7, 9]
 
 
@@ -141,7 +141,6 @@ def test_distant_and_continuous_pair_sampling():
 
 
 def test_frame_pair_views_for_videos_and_images():
-    from cmae.data.dataset import ImageSource
     from cmae.data.views import FramePairViews
 
     config = DataConfig(num_frames=1, image_size=8, views="frame_pair", pair_sampling="continuous", frame_gap=0,

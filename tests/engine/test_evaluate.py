@@ -10,10 +10,18 @@ from cmae.config import ConfigError, DataConfig, EvalConfig, load_config
 from cmae.data.decoding import available_backends
 from cmae.data.lists import read_samples
 from cmae.data.views import MultiViewClips, crop_offsets, evenly_spaced_starts
-from cmae.engine.evaluate import (_cache_key, balanced_fraction, extract_features, frozen_evaluation, knn_classify, linear_probe,
-                                  pool_tokens, topk_accuracy)
+from cmae.engine.evaluate import (
+    _cache_key,
+    balanced_fraction,
+    extract_features,
+    frozen_evaluation,
+    knn_classify,
+    linear_probe,
+    topk_accuracy,
+)
 from cmae.engine.pretrain import pretrain
 from cmae.models import build_encoder
+from cmae.models.pooling import pool_tokens
 from tests.conftest import tiny_overrides
 
 PRESET = "configs/demo/videomae.yaml"
@@ -131,8 +139,8 @@ def test_temporal_feature_keeps_time_order():
     swapped = torch.cat([tokens[:, :1], tokens[:, 4:], tokens[:, 1:4]], dim=1)  # same frames, reversed order
     assert pool_tokens(Encoder(), swapped, "temporal", 2).tolist() == [[20.0, 2.0]]
     assert torch.equal(pool_tokens(Encoder(), swapped, "mean"), pool_tokens(Encoder(), tokens, "mean"))
-    with pytest.raises(ConfigError, match="unknown eval.feature 'max'"):
-        pool_tokens(Encoder(), tokens, "max")
+    with pytest.raises(ConfigError, match="config key 'eval.feature' must be one of mean, temporal, cls, got 'max'"):
+        load_config("configs/demo/videomae.yaml", ["eval.feature=max"])  # choices are checked as the config loads
 
 
 def test_temporal_features_of_clips_average_to_the_mean_feature(synth_dir):

@@ -90,7 +90,7 @@ def test_gradient_accumulation_matches_a_full_batch(synth_dir, tmp_path):
     full = read_metrics(tmp_path / "full" / "metrics.jsonl")
     accum = read_metrics(tmp_path / "accum" / "metrics.jsonl")
     assert [r["step"] for r in full] == [r["step"] for r in accum] == [1, 2, 3]
-    assert all(r["lr"] == s["lr"] for r, s in zip(full, accum))
+    assert all(r["lr"] == s["lr"] for r, s in zip(full, accum, strict=False))
 
 
 def test_gradient_accumulation_warns_where_it_shrinks_the_contrastive_batch(synth_dir, tmp_path):

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 
 from cmae.engine.schedule import cosine_with_warmup, param_groups
 from cmae.models.vit import VisionTransformer

@@ -1,4 +1,3 @@
-import shutil
 
 import pytest
 import torch
@@ -61,6 +60,15 @@ def test_feature_options():
         make("method.feature=cls")
     with pytest.raises(ConfigError, match="momentum_schedule"):
         make("method.momentum_schedule=linear")
+
+
+def test_without_predictor_the_query_is_the_projection():
+    method = make("method.predictor=false")
+    assert isinstance(method.predictor, torch.nn.Identity)
+    assert not any("predictor" in name for name, _ in method.named_parameters())
+    out = method(batch())
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and method.projector[0].weight.grad.abs().sum() > 0
 
 
 def test_momentum_schedules():

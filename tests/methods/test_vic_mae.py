@@ -8,7 +8,7 @@ from cmae.engine.pretrain import pretrain, training_samples
 from cmae.engine.runtime import read_metrics
 from cmae.losses import simsiam_loss
 from cmae.methods import build_method
-from cmae.models.heads import Pooling
+from cmae.models.pooling import Pooling
 from tests.conftest import tiny_overrides
 
 PRESET = "configs/demo/vic_mae.yaml"

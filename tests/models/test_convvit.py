@@ -26,7 +26,7 @@ def pixel_map(masked: torch.Tensor, grid: tuple[int, int, int], tubelet: int) ->
 def test_masked_pixels_do_not_leak_into_visible_tokens(kind, shape, tubelet, init, pos_embed):
     encoder = tiny(tubelet, init=init, pos_embed=pos_embed)
     clip = torch.randn(shape)
-    grid = encoder.patch_embed.grid(shape)
+    grid = encoder.token_grid(shape)
     n = grid[0] * grid[1] * grid[2]
     torch.manual_seed(1)
     mask = tube_mask(shape[0], grid, 0.5) if kind == "tube" else random_mask(shape[0], n, 0.5)
@@ -73,7 +73,7 @@ def test_conv_block_mixes_neighbours_unless_masked():
 def test_shapes_for_images_and_clips(shape, tubelet, tokens):
     encoder = tiny(tubelet)
     clip = torch.randn(shape)
-    grid = encoder.patch_embed.grid(shape)
+    grid = encoder.token_grid(shape)
     assert grid[0] * grid[1] * grid[2] == tokens
     assert encoder(clip).shape == (shape[0], tokens, 96)
     mask = tube_mask(shape[0], grid, 0.75)

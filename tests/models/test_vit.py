@@ -55,7 +55,9 @@ def test_timm_parameter_names():
 
 
 def test_presets_have_paper_sizes():
-    params = lambda name: sum(p.numel() for p in build_encoder(ModelConfig(name=name, tubelet_size=2)).parameters())
+    def params(name: str) -> int:
+        return sum(p.numel() for p in build_encoder(ModelConfig(name=name, tubelet_size=2)).parameters())
+
     assert 85e6 < params("vit_base") < 88e6  # VideoMAE ViT-B: 87 M with the tubelet embedding
     assert 21e6 < params("vit_small") < 23e6
 

@@ -8,8 +8,9 @@ inside ``__getitem__``; that is safe in forked DataLoader workers.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmae.config import ConfigError
+from cmae.config import ConfigError, InputError
 from cmae.data.decoding import IMAGE_EXTENSIONS
 
 
@@ -30,15 +30,15 @@ def read_list(list_file: str | Path) -> list[Sample]:
             continue
         path, sep, label = line.rpartition(" ")
         if not sep or not path.strip():
-            raise ValueError(f"{list_file}:{number}: expected '<path> <label>', got {line!r}")
+            raise InputError(f"{list_file}:{number}: expected '<path> <label>', got {line!r}")
         try:
             label_index = int(label)
         except ValueError:
-            raise ValueError(f"{list_file}:{number}: label {label!r} is not an integer") from None
+            raise InputError(f"{list_file}:{number}: label {label!r} is not an integer") from None
         path = Path(path.strip())
         samples.append(Sample(path if path.is_absolute() else list_file.parent / path, label_index))
     if not samples:
-        raise ValueError(f"list file {list_file} has no samples")
+        raise InputError(f"list file {list_file} has no samples")
     return samples
 
 
@@ -47,7 +47,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[Sample], list[str]]:
     root = Path(root)
     classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
     if not classes:
-        raise ValueError(f"image folder {root} has no class sub-folders")
+        raise InputError(f"image folder {root} has no class sub-folders")
     samples = [
         Sample(path, label)
         for label, name in enumerate(classes)
@@ -55,7 +55,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[Sample], list[str]]:
         if path.suffix.lower() in IMAGE_EXTENSIONS
     ]
     if not samples:
-        raise ValueError(f"image folder {root} has no images with extensions {IMAGE_EXTENSIONS}")
+        raise InputError(f"image folder {root} has no images with extensions {IMAGE_EXTENSIONS}")
     return samples, classes
 
 

@@ -6,6 +6,11 @@ Appearance (shape, colours, size, background, distractors) is drawn independentl
 of the motion, and trajectories are parametrised around the *middle* frame with
 wide start ranges, so no single frame reveals the class: the signal is the motion.
 
+Appearance labels, one list each: the main object's shape (`*_object.txt`), its hue bin
+(`*_color.txt`) and the background's pattern (`*_scene.txt`). Distractors draw their own
+shape and colours, which makes the first two ambiguous on a frame, unless
+`same_shape_distractors` / `same_color_distractors` give them the main object's.
+
 Clip ``i`` of a split is rendered from ``np.random.default_rng(split_seed + i)``, so
 it does not depend on how many clips are generated. Train and val use disjoint
 seed streams (``seed + i`` and ``seed + 1_000_000 + i``).
@@ -18,7 +23,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -26,6 +30,11 @@ MOTION_CLASSES: tuple[str, ...] = (
     "move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow", "shrink",
 )
 OBJECT_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
+# The background's pattern (every frame shows exactly one, faintly).
+SCENE_CLASSES: tuple[str, ...] = ("noise", "stripes", "checker")
+# The main object's hue in six 60-degree bins, starting at red: an appearance label that is
+# clean when the distractors share the object's colours (`same_color_distractors`).
+COLOR_CLASSES: tuple[str, ...] = ("red", "yellow", "green", "cyan", "blue", "magenta")
 
 VAL_SEED_OFFSET = 1_000_000
 _SS = 2  # supersampling factor: draw at 2x and box-downsample, i.e. cheap anti-aliasing
@@ -63,17 +72,21 @@ class SynthSpec:
     # distractors of the main object's shape keep the object label clean (a frame shows one shape);
     # false draws each distractor's shape at random
     same_shape_distractors: bool = False
+    # distractors in the main object's colours keep the colour label clean (a frame shows one hue)
+    same_color_distractors: bool = False
+    object_size: tuple[float, float] = (0.11, 0.22)  # main object's mid-clip circumradius range, fraction of the frame
 
 
 @dataclass
 class Sprite:
     """One shape and its per-frame pose; positions and radii are in output pixels."""
     shape: int                       # index into OBJECT_CLASSES
-    color: tuple[int, int, int]
+    color: tuple[int, int, int]      # drawn from hue in COLOR_CLASSES bin `hue_class`
     mark_color: tuple[int, int, int]
     center: np.ndarray               # [T, 2] (x, y), y pointing down
     angle: np.ndarray                # [T] radians; increasing = clockwise on screen (y down)
     radius: np.ndarray               # [T] circumradius
+    hue_class: int = 0               # index into COLOR_CLASSES
 
 
 @dataclass
@@ -85,13 +98,14 @@ class ClipParams:
     distractors: list[Sprite] = field(default_factory=list)
     texture: np.ndarray | None = None  # [h, w, 3] uint8 background at 2x resolution, larger than a frame
     bg_offset: np.ndarray | None = None  # [T, 2] top-left (x, y) of the frame in the texture, pixels
+    scene: int = 0                   # index into SCENE_CLASSES: the texture's pattern
 
     @property
     def num_frames(self) -> int:
         return len(self.obj.center)
 
 
-def _random_colors(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _random_colors(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     """A bright body colour of random hue and saturation, and a dark marking of the opposite hue.
 
     Objects are brighter than the dark background: the body's brightest channel is at least
@@ -105,12 +119,14 @@ def _random_colors(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int
     h, s, v = rng.random(), rng.uniform(0.3, 1.0), rng.uniform(0.85, 1.0)
     body = colorsys.hsv_to_rgb(h, s, v)
     mark = colorsys.hsv_to_rgb((h + 0.5) % 1, 1.0, 0.3)
-    return tuple(round(255 * c) for c in body), tuple(round(255 * c) for c in mark)
+    hue_class = int(h * len(COLOR_CLASSES)) % len(COLOR_CLASSES)
+    return tuple(round(255 * c) for c in body), tuple(round(255 * c) for c in mark), hue_class
 
 
-def _texture(rng: np.random.Generator, side: int) -> np.ndarray:
+def _texture(rng: np.random.Generator, side: int) -> tuple[np.ndarray, int]:
     """Random background [side, side, 3] uint8 (at supersampled resolution): smooth noise,
-    stripes or checker, plus some smooth noise, mapped between two low-contrast colours."""
+    stripes or checker (the returned SCENE_CLASSES index), plus some smooth noise, mapped
+    between two low-contrast colours."""
     yy, xx = np.mgrid[0:side, 0:side] / _SS  # in output pixels
     kind = rng.integers(3)
     cells = int(rng.integers(3, 9))
@@ -128,12 +144,14 @@ def _texture(rng: np.random.Generator, side: int) -> np.ndarray:
     # Dark (at most 102 of 255) and of bounded contrast, so the bright objects stand out.
     c1 = rng.uniform(0, 102, 3)
     c2 = np.clip(c1 + rng.uniform(-36, 36, 3), 0, 102)
-    return (c1 + (c2 - c1) * tex).astype(np.uint8)
+    return (c1 + (c2 - c1) * tex).astype(np.uint8), int(kind)
 
 
 def sample_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, size: int = 64,
                 background_drift: float = 0.3, distractors: int = 3,
-                same_shape_distractors: bool = False) -> ClipParams:
+                same_shape_distractors: bool = False,
+                object_size: tuple[float, float] = (0.11, 0.22),
+                same_color_distractors: bool = False) -> ClipParams:
     """Draw the random parameters of one clip of class ``motion`` (no rendering)."""
     T, L = num_frames, float(size)
     tc = np.arange(T) / (T - 1) - 0.5  # [T] time in [-0.5, 0.5], 0 at the middle frame
@@ -143,12 +161,12 @@ def sample_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, siz
     direction = rng.uniform(0, 2 * np.pi)
     drift = rng.uniform(1 / 6, 1.0) * background_drift * L * np.array([np.cos(direction), np.sin(direction)])
     margin = int(np.ceil(np.abs(drift).max())) + 1
-    texture = _texture(rng, (size + 2 * margin) * _SS)
+    texture, scene = _texture(rng, (size + 2 * margin) * _SS)
     bg_offset = margin + drift * tc[:, None]
 
     # Main object: mid-clip radius and centre are class-independent; the motion spreads the
     # frame-0 values of the classes in opposite directions but the ranges still overlap.
-    r_mid = rng.uniform(0.11, 0.22) * L
+    r_mid = rng.uniform(*object_size) * L
     radius = np.full(T, r_mid)
     angle = np.full(T, rng.uniform(0, 2 * np.pi))
     center = np.tile(rng.uniform(0.3, 0.7, 2) * L, (T, 1))
@@ -163,8 +181,8 @@ def sample_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, siz
     else:
         factor = rng.uniform(1.4, 1.8)  # ratio of last to first radius
         radius = r_mid * factor ** ((1 if name == "grow" else -1) * tc)
-    body, mark = _random_colors(rng)
-    obj = Sprite(int(rng.integers(len(OBJECT_CLASSES))), body, mark, center, angle, radius)
+    body, mark, hue_class = _random_colors(rng)
+    obj = Sprite(int(rng.integers(len(OBJECT_CLASSES))), body, mark, center, angle, radius, hue_class)
 
     # Distractors: smaller than the main object ever gets, random translation/rotation/scaling.
     sprites = []
@@ -172,12 +190,14 @@ def sample_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, siz
         mid, travel = rng.uniform(0.1, 0.9, 2) * L, rng.uniform(-0.4, 0.4, 2) * L
         r = rng.uniform(0.035, 0.06) * L * rng.uniform(0.8, 1.25) ** (2 * tc)
         ang = rng.uniform(0, 2 * np.pi) + rng.uniform(-1.2, 1.2) * np.pi * tc
-        body, mark = _random_colors(rng)
+        body, mark, hue_class = _random_colors(rng)
         shape = int(rng.integers(len(OBJECT_CLASSES)))  # drawn either way: the other draws stay the same
+        if same_color_distractors:
+            body, mark, hue_class = obj.color, obj.mark_color, obj.hue_class
         sprites.append(Sprite(obj.shape if same_shape_distractors else shape, body, mark,
-                              mid + travel * tc[:, None], ang, r))
+                              mid + travel * tc[:, None], ang, r, hue_class))
 
-    return ClipParams(motion, size, obj, sprites, texture, bg_offset)
+    return ClipParams(motion, size, obj, sprites, texture, bg_offset, scene)
 
 
 def _draw_sprite(draw: ImageDraw.ImageDraw, s: Sprite, t: int) -> None:
@@ -208,6 +228,8 @@ def render_clip(params: ClipParams) -> np.ndarray:
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
     """Encode frames [T, H, W, 3] uint8 as H.264/yuv420p; written to a temp name, then renamed."""
+    import av  # here, not at the top: rendering alone (e.g. benchmarks/gpu_check.py) runs without PyAV
+
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with av.open(str(tmp), "w", format="mp4") as container:
@@ -231,15 +253,17 @@ def _write_text(path: Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec = SynthSpec(), progress: bool = False) -> dict:
+def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec | None = None, progress: bool = False) -> dict:
     """Writes out_dir/videos/{train,val}/NNNNN.mp4 and the list files; returns a summary dict
     (counts per split, class names, paths of list files). Existing files are overwritten."""
+    spec = SynthSpec() if spec is None else spec
     if spec.size % 2 or spec.size < 16 or spec.num_frames < 4:
         raise ValueError(f"need an even size >= 16 and num_frames >= 4, got {spec}")
     out = Path(out_dir)
     splits = {"train": (spec.num_train, spec.seed), "val": (spec.num_val, spec.seed + VAL_SEED_OFFSET)}
     summary: dict = {"out_dir": str(out), "motion_classes": list(MOTION_CLASSES),
-                     "object_classes": list(OBJECT_CLASSES), "counts": {}, "lists": {}}
+                     "object_classes": list(OBJECT_CLASSES), "color_classes": list(COLOR_CLASSES),
+                     "scene_classes": list(SCENE_CLASSES), "counts": {}, "lists": {}}
     total = spec.num_train + spec.num_val
     bar = None
     if progress:
@@ -247,28 +271,33 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec = SynthSpec(), 
         bar = tqdm(total=total, desc="synth", unit="clip")
     for split, (count, split_seed) in splits.items():
         (out / "videos" / split).mkdir(parents=True, exist_ok=True)
-        motion_lines, object_lines = [], []
+        lines: dict[str, list[str]] = {"": [], "_object": [], "_color": [], "_scene": []}
         for i in range(count):
             params = sample_clip(i % len(MOTION_CLASSES), np.random.default_rng(split_seed + i),
                                  spec.num_frames, spec.size, spec.background_drift, spec.distractors,
-                                 spec.same_shape_distractors)
+                                 spec.same_shape_distractors, tuple(spec.object_size), spec.same_color_distractors)
             rel = f"videos/{split}/{i:05d}.mp4"
             write_mp4(out / rel, render_clip(params), spec.fps)
-            motion_lines.append(f"{rel} {params.motion}")
-            object_lines.append(f"{rel} {params.obj.shape}")
+            for suffix, label in (("", params.motion), ("_object", params.obj.shape),
+                                  ("_color", params.obj.hue_class), ("_scene", params.scene)):
+                lines[suffix].append(f"{rel} {label}")
             if bar is not None:
                 bar.update()
-        for suffix, lines in (("", motion_lines), ("_object", object_lines)):
-            _write_text(out / f"{split}{suffix}.txt", lines)
+        for suffix, split_lines in lines.items():
+            _write_text(out / f"{split}{suffix}.txt", split_lines)
             summary["lists"][split + suffix] = str(out / f"{split}{suffix}.txt")
         summary["counts"][split] = count
     if bar is not None:
         bar.close()
     _write_text(out / "classes.txt", list(MOTION_CLASSES))
     _write_text(out / "object_classes.txt", list(OBJECT_CLASSES))
+    _write_text(out / "color_classes.txt", list(COLOR_CLASSES))
+    _write_text(out / "scene_classes.txt", list(SCENE_CLASSES))
     meta = {"spec": asdict(spec), "val_seed_offset": VAL_SEED_OFFSET, "codec": "h264", "pix_fmt": "yuv420p",
             "counts": summary["counts"], "motion_classes": list(MOTION_CLASSES),
-            "object_classes": list(OBJECT_CLASSES), "lists": {k: Path(v).name for k, v in summary["lists"].items()},
-            "labels": "<path> <label>; motion class index in train/val.txt, shape index in *_object.txt"}
+            "object_classes": list(OBJECT_CLASSES), "color_classes": list(COLOR_CLASSES),
+            "scene_classes": list(SCENE_CLASSES), "lists": {k: Path(v).name for k, v in summary["lists"].items()},
+            "labels": ("<path> <label>; motion class index in train/val.txt, shape index in *_object.txt, "
+                       "main object's hue bin in *_color.txt, background pattern index in *_scene.txt")}
     _write_text(out / "meta.json", [json.dumps(meta, indent=2)])
     return summary

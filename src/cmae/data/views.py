@@ -7,7 +7,8 @@ a method states which keys it needs, and never opens a file itself.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 from torchvision import transforms as v1_transforms
@@ -53,6 +54,11 @@ def eval_short_side(config: DataConfig) -> int:
     return round(config.image_size / config.test_crop_ratio)
 
 
+def normalization(config: DataConfig) -> v2.Compose:
+    """uint8 -> float in [0, 1] -> (x - mean) / std per channel: the last step of every view."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
+
+
 def spatial_transform(config: DataConfig, train: bool, randaug: tuple[int, int] | None = None) -> v2.Compose:
     """Crop/flip drawn once per call and applied to every frame of a `Video`, then normalise.
 
@@ -71,7 +77,7 @@ def spatial_transform(config: DataConfig, train: bool, randaug: tuple[int, int] 
             geometric.append(v2.RandAugment(num_ops=randaug[0], magnitude=randaug[1], num_magnitude_bins=11))
     else:
         geometric = [v2.Resize(eval_short_side(config)), v2.CenterCrop(size)]
-    return v2.Compose([*geometric, v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
+    return v2.Compose([*geometric, normalization(config)])
 
 
 def as_clip(video: torch.Tensor) -> torch.Tensor:
@@ -134,7 +140,7 @@ class TemporalShiftViews:
         self.size, self.hflip = config.image_size, config.hflip
         self.crop = v1_transforms.RandomResizedCrop(config.image_size, tuple(config.crop_scale), tuple(config.crop_ratio))
         self.color = color_augmentation(config.image_size) if config.target_color else v2.Identity()
-        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
+        self.normalize = normalization(config)
 
     def crop_and_flip(self, frames: torch.Tensor, box: tuple[int, int, int, int], flip: bool) -> torch.Tensor:
         video = v2.functional.resized_crop(tv_tensors.Video(frames), *box, [self.size, self.size], antialias=True)
@@ -166,11 +172,9 @@ def frame_pair_indices(num_frames: int, sampling: str, gap: int) -> tuple[int, i
     if sampling == "distant":
         middle = max(1, num_frames // 2)
         return randint(0, middle - 1), randint(min(middle, num_frames - 1), num_frames - 1)
-    if sampling == "continuous":
-        first = randint(0, max(0, num_frames - 1 - gap))
-        second = first + randint(1, gap) if gap > 0 else first
-        return first, min(second, num_frames - 1)
-    raise ConfigError(f"unknown data.pair_sampling {sampling!r}; use distant or continuous")
+    first = randint(0, max(0, num_frames - 1 - gap))  # continuous
+    second = first + randint(1, gap) if gap > 0 else first
+    return first, min(second, num_frames - 1)
 
 
 class FramePairViews:
@@ -183,13 +187,15 @@ class FramePairViews:
     """
 
     def __init__(self, config: DataConfig, train: bool = True):
-        frame_pair_indices(2, config.pair_sampling, config.frame_gap)  # reject a bad name at start
+        # One draw at construction: it used to reject a bad sampling name here (the config does now);
+        # kept because it advances the RNG, and every seeded run's augmentations follow from it.
+        frame_pair_indices(2, config.pair_sampling, config.frame_gap)
         self.sampling, self.gap = config.pair_sampling, config.frame_gap
         spatial = [v2.RandomResizedCrop(config.image_size, scale=tuple(config.crop_scale), ratio=tuple(config.crop_ratio))]
         if config.hflip:
             spatial.append(v2.RandomHorizontalFlip())
         color = [color_augmentation(config.image_size)]
-        normalize = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)]
+        normalize = [normalization(config)]
         solarize = [v2.RandomSolarize(threshold=128, p=0.2)] if config.solarize else []
         self.video_transform = v2.Compose(spatial + (color if config.video_color else []) + normalize)
         self.image_transforms = (v2.Compose(spatial + color + normalize),
@@ -236,7 +242,7 @@ class MultiViewClips:
         if clips < 1 or crops < 1:
             raise ConfigError(f"eval.clips and eval.crops must be >= 1, got {clips} and {crops}")
         self.config, self.clips, self.crops = config, clips, crops
-        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
+        self.normalize = normalization(config)
 
     def __call__(self, source: FrameSource) -> dict[str, torch.Tensor]:
         cfg, size = self.config, self.config.image_size
@@ -259,6 +265,4 @@ VIEWS: dict[str, Callable[[DataConfig, bool], Callable[[FrameSource], dict[str, 
 
 
 def build_view(config: DataConfig, train: bool = True) -> Callable[[FrameSource], dict[str, torch.Tensor]]:
-    if config.views not in VIEWS:
-        raise ConfigError(f"unknown data.views {config.views!r}; choose one of: {', '.join(VIEWS)}")
     return VIEWS[config.views](config, train)

@@ -16,8 +16,9 @@ import os
 import random
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,25 +33,7 @@ from cmae.data.views import MultiViewClips
 from cmae.engine.checkpoint import save_checkpoint
 from cmae.engine.runtime import resolve_device
 from cmae.engine.schedule import cosine_with_warmup
-
-
-def pool_tokens(encoder: nn.Module, tokens: torch.Tensor, kind: str, time_steps: int = 1) -> torch.Tensor:
-    """Encoder output `[B, (1+)N, D]` -> `[B, D]`: mean of patch tokens, or the class token;
-    or `[B, T' x D]` for kind `temporal`: the spatial mean of each of the `time_steps` (T')
-    token time steps, concatenated in time order. Mean pooling over time discards the order
-    of events, which is all that tells e.g. "move left" from "move right"; a linear layer on
-    the temporal feature can compare time steps."""
-    prefix = encoder.num_prefix_tokens
-    if kind == "mean":
-        return tokens[:, prefix:].mean(dim=1)
-    if kind == "temporal":
-        patches = tokens[:, prefix:]
-        return patches.reshape(len(tokens), time_steps, -1, patches.shape[-1]).mean(dim=2).flatten(1)
-    if kind == "cls":
-        if prefix == 0:
-            raise ConfigError("eval.feature=cls but the encoder has no class token (model.cls_token=false)")
-        return tokens[:, 0]
-    raise ConfigError(f"unknown eval.feature {kind!r}; use mean, temporal or cls")
+from cmae.models.pooling import pool_tokens
 
 
 def balanced_fraction(labels: Sequence[int], fraction: float, seed: int = 0) -> list[int]:
@@ -129,7 +112,7 @@ def extract_features(
         b, v = clips.shape[:2]
         inputs = clips.flatten(0, 1)  # token order is time-major: [T', H', W']
         tokens = encoder(inputs)
-        time_steps = encoder.patch_embed.grid(inputs.shape)[0]
+        time_steps = encoder.token_grid(inputs.shape)[0]
         pooled = pool_tokens(encoder, tokens, config.eval.feature, time_steps).float().reshape(b, v, -1).mean(1).cpu()
         decoded = decoded_items(batch)
         features.append(pooled[decoded])

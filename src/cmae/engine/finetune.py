@@ -9,8 +9,9 @@ multi-view testing (`eval.clips` x `eval.crops`, softmax averaged) at the end.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,13 +24,14 @@ from cmae.config import Config, ConfigError, TrainConfig
 from cmae.data.dataset import VideoDataset, decoded_items
 from cmae.data.lists import read_samples
 from cmae.data.views import ClipView, MultiViewClips
-from cmae.engine.distributed import all_reduce_sum, rank_and_world
-from cmae.engine.evaluate import balanced_fraction, check_evaluation_data, pool_tokens, topk_accuracy
+from cmae.distributed import all_reduce_sum, rank_and_world
+from cmae.engine.evaluate import balanced_fraction, check_evaluation_data, topk_accuracy
 from cmae.engine.loading import load_pretrained
-from cmae.engine.pretrain import Job, train_loop
+from cmae.engine.loop import Job, train_loop
 from cmae.engine.schedule import no_weight_decay
 from cmae.methods.base import MethodOutput
 from cmae.models import build_encoder
+from cmae.models.pooling import pool_tokens
 
 
 class Classifier(nn.Module):

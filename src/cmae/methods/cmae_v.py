@@ -23,22 +23,21 @@ import math
 import torch
 from torch import nn
 
-from cmae.config import Config, ConfigError
+from cmae.config import Config
 from cmae.losses import global_info_nce
 from cmae.methods.base import MethodOutput, require_views
 from cmae.methods.mae import Reconstruction
 from cmae.methods.videomae import VideoMAE
 from cmae.models import build_encoder
-from cmae.models.heads import MLPHead, mean_pool
+from cmae.models.heads import MLPHead
+from cmae.models.pooling import mean_pool
 
 
 def momentum_at(step: int, total_steps: int, base: float, schedule: str) -> float:
     """EMA rate after `step` optimiser steps: constant, or BYOL's cosine from `base` to 1."""
     if schedule == "constant":
         return base
-    if schedule == "cosine":
-        return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)) + 1) / 2
-    raise ConfigError(f"unknown method.momentum_schedule {schedule!r}; use constant or cosine")
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)) + 1) / 2
 
 
 class CMAEV(VideoMAE):
@@ -47,9 +46,6 @@ class CMAEV(VideoMAE):
     def __init__(self, config: Config):
         super().__init__(config)
         m = config.method
-        if m.feature not in ("decoder", "encoder"):
-            raise ConfigError(f"unknown method.feature {m.feature!r}; use decoder or encoder")
-        momentum_at(0, 1, m.momentum, m.momentum_schedule)  # reject a bad schedule name at start
         self.feature = m.feature
         self.temperature = m.temperature
         self.con_weight = m.con_weight
@@ -58,7 +54,7 @@ class CMAEV(VideoMAE):
         width = self.encoder.embed_dim
         self.feature_proj = nn.Linear(config.model.decoder_dim, width) if m.feature == "decoder" else nn.Identity()
         self.projector = MLPHead(width, [m.proj_hidden], m.proj_dim, m.global_bn)
-        self.predictor = MLPHead(m.proj_dim, [m.pred_hidden], m.proj_dim, m.global_bn)
+        self.predictor = MLPHead(m.proj_dim, [m.pred_hidden], m.proj_dim, m.global_bn) if m.predictor else nn.Identity()
         # The target encoder has no stochastic depth: it is a teacher, not trained by gradient.
         self.target_encoder = build_encoder(dataclasses.replace(config.model, drop_path=0.0))
         self.target_projector = MLPHead(width, [m.proj_hidden], m.proj_dim, m.global_bn)
@@ -98,8 +94,8 @@ class CMAEV(VideoMAE):
         """EMA update after each optimiser step: target = m * target + (1 - m) * online."""
         m = momentum_at(step, total_steps, self.momentum, self.momentum_schedule)
         for online, target in self.ema_pairs():
-            for p_online, p_target in zip(online.parameters(), target.parameters()):
+            for p_online, p_target in zip(online.parameters(), target.parameters(), strict=False):
                 p_target.lerp_(p_online.detach(), 1.0 - m)
-            for b_online, b_target in zip(online.buffers(), target.buffers()):
+            for b_online, b_target in zip(online.buffers(), target.buffers(), strict=False):
                 b_target.copy_(b_online)  # BatchNorm statistics follow the online head
         self.current_momentum.fill_(m)

@@ -55,7 +55,7 @@ class MAE(nn.Module):
         )
 
     def make_mask(self, clip: torch.Tensor) -> Mask:
-        grid = self.encoder.patch_embed.grid(clip.shape)
+        grid = self.encoder.token_grid(clip.shape)
         return make_mask(self.masking, clip.shape[0], grid, self.mask_ratio, clip.device)
 
     def targets(self, clip: torch.Tensor) -> torch.Tensor:
@@ -65,7 +65,7 @@ class MAE(nn.Module):
 
     def reconstruct(self, clip: torch.Tensor, mask: Mask | None = None) -> Reconstruction:
         mask = self.make_mask(clip) if mask is None else mask
-        grid = self.encoder.patch_embed.grid(clip.shape)
+        grid = self.encoder.token_grid(clip.shape)
         latent = self.encoder(clip, mask.visible)
         pred, hidden = self.decoder(latent[:, self.encoder.num_prefix_tokens :], mask.visible, grid)
         loss = reconstruction_loss(pred.float(), self.targets(clip), mask.masked)

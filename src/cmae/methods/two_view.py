@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from cmae.config import Config, ConfigError
+from cmae.config import Config
 from cmae.methods.base import MethodOutput, require_views
 from cmae.methods.mae import MAE
 
@@ -24,8 +24,6 @@ class TwoViewMAE(MAE):
     def __init__(self, config: Config):
         super().__init__(config)
         m = config.method
-        if m.rec_views not in ("both", "first"):
-            raise ConfigError(f"unknown method.rec_views {m.rec_views!r}; use both or first")
         self.rec_views = m.rec_views
         self.con_weight, self.con_start_epoch = m.con_weight, m.con_start_epoch
         self.register_buffer("current_con_weight", torch.tensor(self.weight_at(0.0)))

@@ -114,18 +114,6 @@ class ScaleFusion(nn.Module):
         return self.proj(self.down(x).flatten(2).transpose(1, 2))
 
 
-@dataclass(frozen=True)
-class TokenGrid:
-    """The stride-16 token grid, with the `grid()` that methods call as `encoder.patch_embed.grid`."""
-
-    patch_size: int
-    tubelet_size: int
-
-    def grid(self, shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
-        """Token grid (T', H', W') for an input shape `[B, C, T, H, W]` (after tubelet filling)."""
-        return token_grid(shape, self.patch_size, self.tubelet_size)
-
-
 class ConvViT(nn.Module):
     """ConvMAE's ConvViT encoder. `forward(x, visible=None)` -> normed tokens `[B, K, D]`.
 
@@ -151,7 +139,7 @@ class ConvViT(nn.Module):
         c1, c2, dim = widths
         self.pos_embed = pos_embed
         self.embed_dim, self.depth = dim, depths[2]
-        self.patch_embed = TokenGrid(STRIDE, tubelet_size)  # no parameters: the grid the methods ask for
+        self.patch_size, self.tubelet_size = STRIDE, tubelet_size  # of the stride-16 token grid
         self.patch_embed1 = ConvPatchEmbed(in_chans, c1, 4, tubelet=tubelet_size)
         self.blocks1 = nn.ModuleList(ConvBlock(c1, mlp_ratio) for _ in range(depths[0]))
         self.patch_embed2 = ConvPatchEmbed(c1, c2, 2)
@@ -170,13 +158,9 @@ class ConvViT(nn.Module):
             # a patch embedding is a linear map of each patch: initialise it like one (as MAE does)
             init_linear_map(embed.proj, init)
 
-    @property
-    def patch_size(self) -> int:
-        return self.patch_embed.patch_size
-
-    @property
-    def tubelet_size(self) -> int:
-        return self.patch_embed.tubelet_size
+    def token_grid(self, shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
+        """Stride-16 token grid (T', H', W') of an input shape `[B, C, T, H, W]` (after tubelet filling)."""
+        return token_grid(shape, self.patch_size, self.tubelet_size)
 
     def layer_id(self, name: str) -> int:
         """Depth of a parameter for layer-wise lr decay: 0 for the conv stages and patch embeddings
@@ -189,7 +173,7 @@ class ConvViT(nn.Module):
         return 0
 
     def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
-        grid = self.patch_embed.grid(x.shape)
+        grid = self.token_grid(x.shape)
         b, n = x.shape[0], grid[0] * grid[1] * grid[2]
         keep4 = keep8 = None
         if visible is not None:

@@ -1,11 +1,11 @@
-"""Projector / predictor heads and token pooling."""
+"""Projector / predictor heads (token pooling is in `cmae.models.pooling`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from cmae.engine.distributed import gather_with_grad, rank_and_world
+from cmae.distributed import gather_with_grad, rank_and_world
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
@@ -43,32 +43,3 @@ class MLPHead(nn.Sequential):
             in_dim = width
         layers.append(nn.Linear(in_dim, out_dim))
         super().__init__(*layers)
-
-
-def mean_pool(tokens: torch.Tensor) -> torch.Tensor:
-    """`[B, N, D]` -> `[B, D]`."""
-    return tokens.mean(dim=1)
-
-
-class Pooling(nn.Module):
-    """ViC-MAE's Omega over tokens `[B, N, D]` -> `[B, D]`: mean, max or GeM.
-
-    GeM (generalised mean, Radenovic et al.) = (mean(clamp(x, eps)^p))^(1/p) with a
-    learnable p (initialised at 3); like the original it clamps to positive values, so
-    p = 1 equals the mean for positive tokens.
-    """
-
-    def __init__(self, kind: str = "mean", p: float = 3.0, eps: float = 1e-6):
-        super().__init__()
-        if kind not in ("mean", "max", "gem"):
-            raise ValueError(f"unknown pooling {kind!r}; use mean, max or gem")
-        self.kind = kind
-        self.eps = eps
-        self.p = nn.Parameter(torch.tensor(float(p))) if kind == "gem" else None
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.kind == "mean":
-            return tokens.mean(dim=1)
-        if self.kind == "max":
-            return tokens.max(dim=1).values
-        return tokens.clamp(min=self.eps).pow(self.p).mean(dim=1).pow(1.0 / self.p)

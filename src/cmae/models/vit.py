@@ -167,6 +167,10 @@ class VisionTransformer(nn.Module):
     def num_prefix_tokens(self) -> int:
         return 0 if self.cls_token is None else 1
 
+    def token_grid(self, shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
+        """Token grid (T', H', W') of an input shape `[B, C, T, H, W]`."""
+        return self.patch_embed.grid(shape)
+
     def layer_id(self, name: str) -> int:
         """Depth of a parameter for layer-wise lr decay: 0 for the embedding and class token,
         i + 1 for `blocks.i.*`, depth + 1 for the final norm (and any head above it)."""
@@ -179,7 +183,7 @@ class VisionTransformer(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens plus position code, `[B, N, D]` (no class token)."""
         tokens = self.patch_embed(x)
-        return tokens + pos_embed_for(self.embed_dim, self.patch_embed.grid(x.shape), tokens, self.pos_embed)
+        return tokens + pos_embed_for(self.embed_dim, self.token_grid(x.shape), tokens, self.pos_embed)
 
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Run the transformer on already-embedded tokens `[B, K, D]` (class token prepended here)."""
