@@ -116,3 +116,19 @@ def test_cli_rejects_a_bad_choice_before_reading_data(tmp_path):
     assert result.returncode == 2 and time.time() - started < 15
     assert "method.masking" in result.stderr and "auto, tube, random" in result.stderr
     assert "missing.txt" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_presets_inherit_from_a_base(tmp_path):
+    (tmp_path / "root.yaml").write_text("train:\n  epochs: 7\n  batch_size: 64\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../root.yaml\ntrain:\n  epochs: 3\n")
+    config = load_config(tmp_path / "sub" / "child.yaml", ["train.seed=5"])
+    assert (config.train.epochs, config.train.batch_size, config.train.seed) == (3, 64, 5)
+    (tmp_path / "root.yaml").write_text("base: sub/child.yaml\n")
+    with pytest.raises(ConfigError, match="makes a cycle"):
+        load_config(tmp_path / "sub" / "child.yaml")
+    (tmp_path / "lone.yaml").write_text("base: nope.yaml\n")
+    with pytest.raises(ConfigError, match="nope.yaml.*the base of"):
+        load_config(tmp_path / "lone.yaml")
+    ssv2 = load_config("configs/pretrain/cmae_v_convvit_b_ssv2.yaml")
+    assert ssv2.model.name == "convvit_base" and ssv2.data.sampling_rate == 2 and ssv2.method.name == "cmae_v"

@@ -5,9 +5,11 @@ import torch
 
 from cmae.data.synth import SynthSpec
 from cmae.demo import PRESETS, RANDOM_FLOORS, TASKS, Claim, difference_se, run_demo, save_random_init
+from tests.helpers import TINY_DECODER
 
-TINY = ["model.name=vit_pico_p4", "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2",
-        "data.image_size=32", "train.batch_size=8", "data.num_workers=0", "train.warmup_epochs=0"]
+# patch 4 (the preset's): the demo's 32x32 frames give 8x8 tokens
+TINY = ["model.name=vit_pico_p4", *TINY_DECODER, "data.image_size=32", "train.batch_size=8", "data.num_workers=0",
+        "train.warmup_epochs=0"]
 
 
 def test_demo_writes_table_curves_and_picture(tmp_path):

@@ -15,12 +15,11 @@ from cmae.engine.pretrain import pretrain
 from cmae.masking import random_mask, tube_mask
 from cmae.models.patchify import normalized_pixel_targets
 from cmae.visualize import denormalize_patches, neighbour_weights, plot_runs, visualize
-from tests.conftest import tiny_overrides
+from tests.helpers import TINY_ENCODER, TINY_INPUT, TINY_MODEL, tiny_overrides
 
 PRESET = "configs/demo/videomae.yaml"
 # a random-init tiny model: no data set needed
-RANDOM_TINY = ["model.name=vit_pico_p4", "model.patch_size=8", "data.image_size=32", "data.num_frames=4",
-               "data.sampling_rate=1", "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2"]
+RANDOM_TINY = TINY_MODEL + TINY_INPUT + ["data.num_frames=4"]
 GRID = (2, 4, 4)  # T', H', W'
 P = 2 * 4 * 4 * 3  # tubelet 2, patch 4, RGB
 
@@ -153,7 +152,7 @@ def test_visualize_trained_checkpoint_on_video_and_image(trained_run, synth_dir,
 def test_visualize_image_mae_and_pixel_targets(png_input, tmp_path):
     # image MAE (tubelet 1, one frame, per-patch targets) and raw-pixel targets
     result = visualize("random", png_input, tmp_path / "mae.png", config_path="configs/demo/mae.yaml",
-                       overrides=RANDOM_TINY[:3] + ["data.num_frames=1"])
+                       overrides=TINY_ENCODER + ["data.image_size=32", "data.num_frames=1"])
     assert math.isfinite(result["loss"]) and result["frames"] == [0]
     assert_png(tmp_path / "mae.png", min_width=200)
     raw = visualize("random", png_input, tmp_path / "raw.png", config_path=PRESET,

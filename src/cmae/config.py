@@ -116,17 +116,24 @@ class MethodConfig:
 
 
 @dataclass
-class TrainConfig:
+class ScheduleConfig:
+    """AdamW and its schedule: the part of pre-training's `train` that fine-tuning's `finetune`
+    has too (with its own defaults)."""
+
     epochs: int = 800
     batch_size: int = 1024  # global batch over all processes and accumulation steps
-    accum_steps: int = 1
-    base_lr: float = 1.5e-4  # lr = base_lr * batch_size / 256 unless lr > 0
-    lr: float = 0.0
+    base_lr: float = 1.5e-4  # lr = base_lr * batch_size / 256 (unless train.lr > 0)
     min_lr: float = 0.0
     warmup_epochs: float = 40.0
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float = 0.0  # max gradient norm; 0 disables clipping
+
+
+@dataclass
+class TrainConfig(ScheduleConfig):
+    accum_steps: int = 1
+    lr: float = 0.0  # > 0: this lr, whatever the batch
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
@@ -157,15 +164,14 @@ class EvalConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """End-to-end fine-tuning (ViC-MAE Table 6, VideoMAE's recipe for video)."""
+class FinetuneConfig(ScheduleConfig):
+    """End-to-end fine-tuning (ViC-MAE Table 6, VideoMAE's recipe for video): the schedule's
+    fine-tuning defaults, then what only fine-tuning has."""
 
     epochs: int = 100
-    batch_size: int = 1024
-    base_lr: float = 1e-3  # lr = base_lr x batch_size / 256
+    base_lr: float = 1e-3
     min_lr: float = 1e-6
     warmup_epochs: float = 5.0
-    weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     layer_decay: float = 0.65  # 0.75 for ViT-L
     drop_path: float = 0.1
@@ -173,8 +179,8 @@ class FinetuneConfig:
     cutmix: float = 1.0  # cutmix alpha; 0 disables
     label_smoothing: float = 0.1
     randaug_n: int = 2  # RandAugment ops per sample (0 disables)
-    randaug_m: int = 9  # magnitude on timm's 0-10 scale; ViC-MAE's (9, 0.5) = m9 (its 0.5 std jitter is not modelled)
-    clip_grad: float = 0.0
+    # magnitude on timm's 0-10 scale; ViC-MAE's (9, 0.5) = m9 (its 0.5 std jitter is not modelled)
+    randaug_m: int = 9
 
 
 @dataclass
@@ -339,23 +345,35 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def read_preset(path: str | Path, _children: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """The YAML mappings of `path` and of the presets it inherits (`base: other.yaml`, relative
+    to its folder), root first: each is laid over the one before."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (the base of {_children[-1]})" if _children else ""))
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    base = values.pop("base", None)
+    if base is None:
+        return [(path, values)]
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in (*_children, path.resolve()):
+        raise ConfigError(f"{path}: base {base!r} makes a cycle")
+    return [*read_preset(base_path, (*_children, path.resolve())), (path, values)]
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults <- YAML file at `path` <- `key=value` overrides, all checked."""
+    """Defaults <- YAML file at `path` (after its bases) <- `key=value` overrides, all checked."""
     config = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for preset, values in read_preset(path) if path is not None else []:
         try:
             _apply(config, values, "")
         except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from None
+            raise ConfigError(f"{preset}: {error}") from None
     for text in overrides:
         set_key(config, *parse_override(text))
     return validate(config)

@@ -22,7 +22,7 @@ from cmae.engine.evaluate import (
 from cmae.engine.pretrain import pretrain
 from cmae.models import build_encoder
 from cmae.models.pooling import pool_tokens
-from tests.conftest import tiny_overrides
+from tests.helpers import TINY_INPUT, TINY_MODEL, TINY_TRAIN, tiny_overrides
 
 PRESET = "configs/demo/videomae.yaml"
 
@@ -65,7 +65,7 @@ def test_linprobe_keeps_the_encoder_frozen_and_in_eval_mode(synth_dir, tiny_run,
 def test_knn_and_random_floor(synth_dir, tiny_run, tmp_path):
     knn = frozen_evaluation("knn", tiny_run / "checkpoint-last.pt", tmp_path / "knn", overrides=eval_overrides(synth_dir))
     random = frozen_evaluation("knn", "random", tmp_path / "rnd", PRESET,
-                               eval_overrides(synth_dir) + tiny_overrides(synth_dir)[2:])
+                               eval_overrides(synth_dir) + TINY_INPUT + TINY_MODEL + TINY_TRAIN)
     assert {"top1", "top5"} <= set(knn) and {"top1", "top5"} <= set(random)
     with pytest.raises(ConfigError, match="needs --config"):
         frozen_evaluation("knn", "random", tmp_path / "x")

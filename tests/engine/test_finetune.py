@@ -7,7 +7,7 @@ from cmae.config import ConfigError, load_config
 from cmae.engine.finetune import Classifier, FinetuneObjective, finetune, layer_decay_groups
 from cmae.engine.pretrain import pretrain
 from cmae.models.vit import VisionTransformer
-from tests.conftest import tiny_overrides
+from tests.helpers import tiny_overrides
 
 
 def test_layer_decay_scales():

@@ -13,7 +13,7 @@ import torch
 from cmae.config import ConfigError, load_config
 from cmae.engine.pretrain import pretrain
 from cmae.engine.runtime import read_metrics
-from tests.conftest import tiny_overrides
+from tests.helpers import tiny_overrides
 
 PRESET = "configs/demo/videomae.yaml"
 

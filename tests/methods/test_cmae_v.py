@@ -7,11 +7,10 @@ from cmae.engine.pretrain import pretrain
 from cmae.engine.runtime import read_metrics
 from cmae.methods import build_method
 from cmae.methods.cmae_v import CMAEV, momentum_at
-from tests.conftest import tiny_overrides
+from tests.helpers import TINY_HEADS, TINY_MODEL, tiny_overrides
 
 PRESET = "configs/demo/cmae_v.yaml"
-TINY = ["model.name=vit_pico_p4", "model.patch_size=8", "model.decoder_dim=32", "model.decoder_depth=1",
-        "model.decoder_heads=2", "method.proj_hidden=32", "method.pred_hidden=32", "method.proj_dim=16"]
+TINY = TINY_MODEL + TINY_HEADS
 
 
 def make(*extra) -> CMAEV:
@@ -90,7 +89,7 @@ def test_2tau_scaling():
 
 
 def test_pretrain_logs_both_losses_and_resume_restores_target(synth_dir, tmp_path):
-    overrides = tiny_overrides(synth_dir, **{"train.epochs": 2, "train.keep_every": 1}) + TINY[5:]
+    overrides = tiny_overrides(synth_dir, **{"train.epochs": 2, "train.keep_every": 1}) + TINY_HEADS
     pretrain(load_config(PRESET, overrides), tmp_path / "full")
     records = read_metrics(tmp_path / "full" / "metrics.jsonl")
     assert {"loss_rec", "loss_con", "momentum"} <= set(records[0])

@@ -4,9 +4,9 @@ from cmae.config import load_config
 from cmae.methods import build_method
 from cmae.methods.mae import MAE
 from cmae.methods.videomae import VideoMAE
+from tests.helpers import TINY_MODEL
 
-TINY = ["model.name=vit_pico_p4", "model.patch_size=8", "model.decoder_dim=32", "model.decoder_depth=1",
-        "model.decoder_heads=2"]
+TINY = TINY_MODEL
 
 
 def test_videomae_uses_tube_masks_and_logs_loss_rec():

@@ -9,11 +9,10 @@ from cmae.engine.runtime import read_metrics
 from cmae.losses import simsiam_loss
 from cmae.methods import build_method
 from cmae.models.pooling import Pooling
-from tests.conftest import tiny_overrides
+from tests.helpers import TINY_HEADS, TINY_MODEL, tiny_overrides
 
 PRESET = "configs/demo/vic_mae.yaml"
-TINY = ["model.name=vit_pico_p4", "model.patch_size=8", "model.decoder_dim=32", "model.decoder_depth=1",
-        "model.decoder_heads=2", "method.proj_hidden=32", "method.pred_hidden=32", "method.proj_dim=16"]
+TINY = TINY_MODEL + TINY_HEADS
 
 
 def make(*extra):
@@ -106,7 +105,7 @@ def test_pretrain_with_an_image_folder_mixed_in(synth_dir, tmp_path):
         Image.fromarray(frame).save(tmp_path / "images" / f"class{label}" / f"{k}.png")
     overrides = tiny_overrides(synth_dir, **{"data.num_frames": 1, "model.tubelet_size": 1,
                                             "data.train_images": tmp_path / "images", "data.image_ratio": 0.5,
-                                            "method.con_start_epoch": 1, "train.epochs": 2}) + TINY[5:]
+                                            "method.con_start_epoch": 1, "train.epochs": 2}) + TINY_HEADS
     config = load_config(PRESET, overrides)
     samples = training_samples(config)
     assert len(samples) == 48 and sum(s.path.suffix == ".png" for s in samples) == 24

@@ -6,6 +6,7 @@ from cmae.masking import random_mask, tube_mask
 from cmae.methods import build_method
 from cmae.models import ENCODER_NAMES, build_encoder
 from cmae.models.convvit import ConvBlock, ConvViT
+from tests.helpers import TINY_DECODER, TINY_HEADS
 
 
 def tiny(tubelet: int = 2, **kw) -> ConvViT:
@@ -126,10 +127,7 @@ def test_convvit_base_has_the_papers_size(tubelet, paper):
     params = sum(p.numel() for p in build_encoder(ModelConfig(name="convvit_base", tubelet_size=tubelet)).parameters())
     assert abs(params - paper) / paper < 0.02, params
 
-
-SMALL = ["model.name=convvit_tiny", "data.image_size=32", "data.num_frames=4", "model.decoder_dim=32",
-         "model.decoder_depth=1", "model.decoder_heads=2", "method.proj_hidden=32", "method.pred_hidden=32",
-         "method.proj_dim=16"]
+SMALL = ["model.name=convvit_tiny", "data.image_size=32", "data.num_frames=4", *TINY_DECODER, *TINY_HEADS]
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from cmae.config import Config, ConfigError, TrainConfig
+from cmae.config import Config, ConfigError, ScheduleConfig, TrainConfig
 from cmae.data.dataset import VideoDataset, decoded_items
 from cmae.data.lists import read_samples
 from cmae.data.views import ClipView, MultiViewClips
@@ -118,11 +118,12 @@ def multiview_accuracy(classifier: Classifier, dataset, config: Config, device: 
 
 
 def finetune_train_config(config: Config) -> TrainConfig:
-    """The `finetune` section as the loop's TrainConfig (device, seed, precision, logging from `train`)."""
-    ft = config.finetune
+    """The `finetune` section as the loop's TrainConfig: its schedule fields, the rest (device,
+    seed, precision, logging) from `train`."""
+    schedule = {f.name: getattr(config.finetune, f.name) for f in dataclasses.fields(ScheduleConfig)}
+    schedule["betas"] = list(schedule["betas"])  # a copy: the loop must not alias the config's list
     return dataclasses.replace(
-        config.train, epochs=ft.epochs, batch_size=ft.batch_size, base_lr=ft.base_lr, lr=0.0, min_lr=ft.min_lr,
-        warmup_epochs=ft.warmup_epochs, weight_decay=ft.weight_decay, betas=list(ft.betas), clip_grad=ft.clip_grad,
+        config.train, **schedule, lr=0.0,
         accum_steps=1, keep_every=0, max_steps_per_epoch=0,  # a pre-training smoke run's cap is not inherited
     )
 

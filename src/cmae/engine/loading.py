@@ -7,7 +7,16 @@ from pathlib import Path
 
 import torch
 
-from cmae.config import Config, ConfigError, config_from_dict, load_config, parse_override, set_key, validate
+from cmae.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    parse_override,
+    read_preset,
+    set_key,
+    validate,
+)
 from cmae.engine.checkpoint import load_checkpoint
 from cmae.methods import build_method
 
@@ -43,11 +52,9 @@ def load_pretrained(
 
 
 def _overlay(base: Config, preset: Config, path: Path) -> Config:
-    """Apply the sections of an evaluation preset that it changes from the defaults."""
-    import yaml
-
-    values = yaml.safe_load(path.read_text()) or {}
-    for section, entries in values.items():
-        for key in entries or {}:
-            set_key(base, f"{section}.{key}", getattr(getattr(preset, section), key))
+    """Apply the keys that an evaluation preset (or one of its bases) sets."""
+    for _, values in read_preset(path):
+        for section, entries in values.items():
+            for key in entries or {}:
+                set_key(base, f"{section}.{key}", getattr(getattr(preset, section), key))
     return base
