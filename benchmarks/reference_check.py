@@ -46,7 +46,7 @@ from cmae.engine.schedule import param_groups
 from cmae.interop import videomae_from_hf
 from cmae.masking import make_mask
 from cmae.methods import build_method
-from cmae.methods.base import MethodOutput
+from cmae.methods.base import Method, MethodOutput
 from cmae.models.patchify import token_grid
 from cmae.models.vit import VIT_PRESETS
 
@@ -55,14 +55,14 @@ MOTION = ["data.num_frames=8", "data.sampling_rate=2"]
 SPEC = SynthSpec(num_train=1600, num_val=640)
 
 
-class HFVideoMAE(nn.Module):
+class HFVideoMAE(Method):
     """`transformers.VideoMAEForPreTraining` behind cmae's method interface: batch -> MethodOutput.
 
     Masks come from cmae's `make_mask` (tube, the preset's ratio); the loss is HF's own
     (norm-pix MSE over the masked tubelets, per channel, unbiased std: cmae's `channel` targets).
     """
 
-    views = ("video",)
+    name = "hf_videomae"
 
     def __init__(self, config: Config):
         super().__init__()

@@ -104,7 +104,12 @@ def test_every_choice_key_is_checked_when_the_config_loads():
         with pytest.raises(ConfigError, match=f"config key '{key}' must be one of {', '.join(choices)}, got 'foo'"):
             load_config(None, [f"{key}=foo"])
         for choice in choices:
-            assert getattr(getattr(load_config(None, [f"{key}={choice}"]), key.split(".")[0]), key.split(".")[1]) == choice
+            # a view sampler needs a method that reads its views (auto resolves to videomae's clip)
+            method = {"temporal_shift": "cmae_v", "frame_pair": "vic_mae"}.get(choice, "videomae") \
+                if key == "data.views" else "videomae"
+            config = load_config(None, [f"{key}={choice}", f"method.name={method}"])
+            expected = "clip" if (key, choice) == ("data.views", "auto") else choice
+            assert getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) == expected
 
 
 def test_cli_rejects_a_bad_choice_before_reading_data(tmp_path):
@@ -132,3 +137,13 @@ def test_presets_inherit_from_a_base(tmp_path):
         load_config(tmp_path / "lone.yaml")
     ssv2 = load_config("configs/pretrain/cmae_v_convvit_b_ssv2.yaml")
     assert ssv2.model.name == "convvit_base" and ssv2.data.sampling_rate == 2 and ssv2.method.name == "cmae_v"
+
+
+def test_data_views_follow_the_method():
+    assert load_config(None, ["method.name=cmae_v"]).data.views == "temporal_shift"
+    assert load_config(None, ["method.name=mae_simsiam", "model.cls_token=true"]).data.views == "frame_pair"
+    assert load_config(None, ["method.name=mae"]).data.views == "clip"
+    with pytest.raises(ConfigError, match="data.views=clip does not give method 'cmae_v' its inputs.*temporal_shift"):
+        load_config(None, ["method.name=cmae_v", "data.views=clip"])
+    with pytest.raises(ConfigError, match="unknown method.name 'videomea'"):
+        load_config(None, ["method.name=videomea"])

@@ -37,8 +37,8 @@ class DataConfig:
     num_frames: int = 16  # frames per clip fed to the encoder (1 for image MAE)
     sampling_rate: int = 4  # stride between sampled frames
     image_size: int = 224
-    # how a sample becomes the method's inputs: see cmae.data.views
-    views: Literal["clip", "temporal_shift", "frame_pair"] = "clip"
+    # how a sample becomes the method's inputs (cmae.data.views); auto: the method's own sampler
+    views: Literal["auto", "clip", "temporal_shift", "frame_pair"] = "auto"
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # random resized crop area range
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: bool = True
@@ -253,12 +253,23 @@ _RULES: dict[str, tuple[Any, str]] = {
 
 
 def validate(config: Config) -> Config:
-    """Raise ConfigError naming the first key whose value is out of its range."""
+    """Raise ConfigError naming the first key whose value is out of its range, or a method
+    name or view sampler that does not fit; resolve `data.views: auto` to the method's."""
     for key, (check, expected) in _RULES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if not check(value):
             raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+    from cmae.methods import METHODS  # here: the methods import this module
+
+    method = METHODS.get(config.method.name)
+    if method is None:
+        raise ConfigError(f"unknown method.name {config.method.name!r}; choose one of: {', '.join(METHODS)}")
+    if config.data.views == "auto":
+        config.data.views = method.view_sampler
+    elif config.data.views != method.view_sampler:
+        raise ConfigError(f"data.views={config.data.views} does not give method {config.method.name!r} its inputs "
+                          f"{list(method.views)}: use {method.view_sampler} (or auto)")
     return config
 
 

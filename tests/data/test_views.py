@@ -52,7 +52,7 @@ def test_clip_view_applies_one_crop_and_flip_to_every_frame():
 
 
 def test_eval_view_is_deterministic_centre_crop():
-    config = DataConfig(num_frames=2, sampling_rate=1, image_size=8)
+    config = DataConfig(num_frames=2, sampling_rate=1, image_size=8, views="clip")  # auto needs a method to follow
     view = build_view(config, train=False)
     source = FakeSource(2, size=12)
     assert torch.equal(view(source)["video"], view(source)["video"])

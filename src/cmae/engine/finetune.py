@@ -29,7 +29,7 @@ from cmae.engine.evaluate import balanced_fraction, check_evaluation_data, topk_
 from cmae.engine.loading import load_pretrained
 from cmae.engine.loop import Job, train_loop
 from cmae.engine.schedule import no_weight_decay
-from cmae.methods.base import MethodOutput
+from cmae.methods.base import Method, MethodOutput
 from cmae.models import build_encoder
 from cmae.models.pooling import pool_tokens
 
@@ -68,8 +68,10 @@ def layer_decay_groups(model: Classifier, weight_decay: float, layer_decay: floa
     return [groups[key] for key in sorted(groups)]
 
 
-class FinetuneObjective(nn.Module):
-    """The classifier as a "method" for the training loop: mixup/cutmix, label smoothing, soft CE."""
+class FinetuneObjective(Method):
+    """The classifier as a method for the training loop: mixup/cutmix, label smoothing, soft CE."""
+
+    name = "finetune"
 
     def __init__(self, classifier: Classifier, num_classes: int, mixup: float, cutmix: float, smoothing: float):
         super().__init__()

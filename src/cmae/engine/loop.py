@@ -49,6 +49,7 @@ from cmae.engine.runtime import (
     to_device,
 )
 from cmae.engine.schedule import cosine_with_warmup
+from cmae.methods.base import Method
 
 CHECKPOINT_NAME = "checkpoint-last.pt"
 
@@ -63,7 +64,7 @@ class Job:
     last epoch (e.g. the test set) and returns entries for the summary.
     """
 
-    method: nn.Module
+    method: Method
     dataset: Dataset
     groups: list[dict]
     train: TrainConfig
@@ -202,7 +203,7 @@ def start_run(config: Config, output: Path, make_job: Callable[[torch.device], J
     train = job.train
     micro_batch = per_rank_batch(train, dist_info.world_size)
     loader = make_loader(job.dataset, config, dist_info, micro_batch)
-    if train.accum_steps > 1 and len(getattr(job.method, "views", ())) > 1 and dist_info.is_main:
+    if train.accum_steps > 1 and len(job.method.views) > 1 and dist_info.is_main:
         # Two-view losses and their heads' BatchNorm couple the samples of one forward pass.
         warnings.warn(f"train.accum_steps={train.accum_steps}: {job.method.__class__.__name__}'s contrastive "
                       f"negatives and batch statistics cover {micro_batch * dist_info.world_size} samples per "
@@ -241,11 +242,8 @@ def restore_state(run: Run, resume: str | Path) -> None:
 
 
 def train_one_epoch(run: Run, epoch: int) -> None:
-    """`steps_per_epoch` optimiser steps; hooks: `set_epoch(fractional epoch)` before a step
-    (loss-weight schedules), `after_step(step, total_steps)` after it (EMA targets)."""
+    """`steps_per_epoch` optimiser steps, with the method's `set_epoch` / `after_step` hooks around each."""
     method, train = run.job.method, run.train
-    set_epoch = getattr(method, "set_epoch", None)
-    after_step = getattr(method, "after_step", None)
     run.model.train()
     run.loader.sampler.set_epoch(epoch)
     bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{train.epochs}",
@@ -253,8 +251,7 @@ def train_one_epoch(run: Run, epoch: int) -> None:
     batches = iter(run.loader)
     for index in range(run.steps_per_epoch):
         lr = cosine_with_warmup(run.step, run.total_steps, run.warmup_steps, run.lr_peak, train.min_lr)
-        if set_epoch is not None:
-            set_epoch(run.step / run.steps_per_epoch)
+        method.set_epoch(run.step / run.steps_per_epoch)
         for group in run.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         sums = accumulate_gradients(run, batches, epoch)
@@ -265,8 +262,7 @@ def train_one_epoch(run: Run, epoch: int) -> None:
         run.scaler.update()
         run.optimizer.zero_grad(set_to_none=True)
         run.step += 1
-        if after_step is not None:
-            after_step(run.step, run.total_steps)
+        method.after_step(run.step, run.total_steps)
         run.failures.check()
         if run.step % train.log_every == 0 or run.step == run.total_steps or index == run.steps_per_epoch - 1:
             log_step(run, sums, epoch, lr, bar)

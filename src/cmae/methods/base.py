@@ -1,10 +1,11 @@
-"""What every pre-training method returns."""
+"""What every pre-training method is (`Method`) and returns (`MethodOutput`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -16,11 +17,35 @@ class MethodOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def require_views(batch: dict[str, torch.Tensor], names: tuple[str, ...], method: str) -> None:
-    """Fail clearly when the data pipeline produced other views than the method needs."""
-    missing = [name for name in names if name not in batch]
-    if missing:
-        raise KeyError(
-            f"method {method!r} needs the batch keys {list(names)} but got {sorted(batch)}; "
-            f"set data.views to the view sampler this method expects"
-        )
+class Method(nn.Module):
+    """The contract between a pre-training method and the training loop.
+
+    `views` names the batch keys `forward` reads and `view_sampler` the `data.views` value
+    that produces them (`data.views: auto` becomes it when the config loads; another
+    explicit value is a config error). `forward(batch) -> MethodOutput`. The loop calls
+    `set_epoch(fractional epoch)` before each step (loss-weight schedules) and
+    `after_step(step, total_steps)` after each optimiser step (EMA targets); both do
+    nothing unless a method needs them.
+    """
+
+    name: str = ""
+    views: tuple[str, ...] = ("video",)
+    view_sampler: str = "clip"
+
+    def set_epoch(self, epoch: float) -> None:
+        pass
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        pass
+
+    def require_views(self, batch: dict[str, torch.Tensor]) -> None:
+        """Fail clearly when the data pipeline produced other views than this method needs."""
+        missing = [name for name in self.views if name not in batch]
+        if missing:
+            raise KeyError(
+                f"method {self.name!r} needs the batch keys {list(self.views)} but got {sorted(batch)}; "
+                f"set data.views to {self.view_sampler} (or auto)"
+            )
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
+        raise NotImplementedError

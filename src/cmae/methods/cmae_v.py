@@ -25,7 +25,7 @@ from torch import nn
 
 from cmae.config import Config
 from cmae.losses import global_info_nce
-from cmae.methods.base import MethodOutput, require_views
+from cmae.methods.base import MethodOutput
 from cmae.methods.mae import Reconstruction
 from cmae.methods.videomae import VideoMAE
 from cmae.models import build_encoder
@@ -41,7 +41,9 @@ def momentum_at(step: int, total_steps: int, base: float, schedule: str) -> floa
 
 
 class CMAEV(VideoMAE):
+    name = "cmae_v"
     views = ("video", "target")
+    view_sampler = "temporal_shift"
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -79,7 +81,7 @@ class CMAEV(VideoMAE):
         return self.target_projector(mean_pool(tokens[:, self.target_encoder.num_prefix_tokens :]))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
-        require_views(batch, self.views, "cmae_v")
+        self.require_views(batch)
         rec = self.reconstruct(batch["video"])
         query = self.predictor(self.projector(self.online_feature(rec)))
         key = self.target_embedding(batch["target"])

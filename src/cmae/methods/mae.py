@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from cmae.config import Config
 from cmae.losses import reconstruction_loss
 from cmae.masking import Mask, make_mask
-from cmae.methods.base import MethodOutput, require_views
+from cmae.methods.base import Method, MethodOutput
 from cmae.models import PixelDecoder, VisionTransformer, build_encoder
 from cmae.models.patchify import normalized_pixel_targets, patchify
 
@@ -27,15 +26,15 @@ class Reconstruction(NamedTuple):
     mask: Mask
 
 
-class MAE(nn.Module):
+class MAE(Method):
     """Masked autoencoder on clips `[B, C, T, H, W]` (images: T = 1, tubelet 1).
 
     Per-token random masking by default (`method.masking=auto`); VideoMAE subclasses
     this with tube masking.
     """
 
+    name = "mae"
     default_masking = "random"
-    views = ("video",)
 
     def __init__(self, config: Config):
         super().__init__()
@@ -72,6 +71,6 @@ class MAE(nn.Module):
         return Reconstruction(loss, pred, hidden, latent, mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
-        require_views(batch, self.views, type(self).__name__.lower())
+        self.require_views(batch)
         rec = self.reconstruct(batch["video"])
         return MethodOutput(rec.loss, {"loss_rec": rec.loss.detach()})

@@ -12,13 +12,14 @@ from __future__ import annotations
 import torch
 
 from cmae.config import Config
-from cmae.methods.base import MethodOutput, require_views
+from cmae.methods.base import MethodOutput
 from cmae.methods.mae import MAE
 
 
 class TwoViewMAE(MAE):
     default_masking = "random"
     views = ("view1", "view2")
+    view_sampler = "frame_pair"
     name = "two_view"
 
     def __init__(self, config: Config):
@@ -52,7 +53,7 @@ class TwoViewMAE(MAE):
         raise NotImplementedError
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
-        require_views(batch, self.views, self.name)
+        self.require_views(batch)
         loss_rec, tokens1, tokens2 = self.encode_views(batch["view1"], batch["view2"])
         loss_con, extra = self.pair_loss(self.global_feature(tokens1), self.global_feature(tokens2))
         # Multiplying by lambda = 0 (rather than skipping) keeps every head in the graph, as DDP needs.

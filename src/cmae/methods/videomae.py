@@ -10,4 +10,5 @@ from cmae.methods.mae import MAE
 
 
 class VideoMAE(MAE):
+    name = "videomae"
     default_masking = "tube"
