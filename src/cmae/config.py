@@ -25,6 +25,12 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
 
 
+def reject_choice(what: str, value: Any, choices: typing.Iterable[str]) -> typing.NoReturn:
+    """The one error for a name outside its choices in a direct library call (masking, targets,
+    video backend, protocol); values that come through a config are checked when it loads."""
+    raise ValueError(f"unknown {what} {value!r}; use one of {', '.join(map(repr, choices))}")
+
+
 class InputError(ValueError):
     """Unusable input data (a malformed list line, an empty list or image folder); the message
     names the file, and the line where there is one."""

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import torch
 
+from cmae.config import reject_choice
+
 
 class Mask(NamedTuple):
     visible: torch.Tensor  # [B, K] long, sorted
@@ -70,4 +72,4 @@ def make_mask(
         return random_mask(batch, grid[0] * grid[1] * grid[2], ratio, device, generator)
     if kind == "tube":
         return tube_mask(batch, grid, ratio, device, generator)
-    raise ValueError(f"unknown masking {kind!r}; use 'random' or 'tube'")
+    reject_choice("masking", kind, ("random", "tube"))

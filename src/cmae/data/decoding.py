@@ -15,6 +15,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from cmae.config import reject_choice
+
 __all__ = ["DecodeError", "IMAGE_EXTENSIONS", "VideoReader", "available_backends",
            "is_image", "load_image", "open_video"]
 
@@ -223,14 +225,14 @@ def available_backends() -> list[str]:
 
 def resolve_backend(backend: str = "auto") -> str:
     """The backend `open_video` uses for `backend` ("auto": the first usable one); raises when
-    it is unknown or not usable here."""
+    it is not one of them or not usable here."""
     if backend == "auto":
         usable = available_backends()
         if not usable:
             raise RuntimeError(f"no video backend is usable; install one: {_INSTALL_HINT['pyav']}")
         return usable[0]
     if backend not in BACKENDS:
-        raise ValueError(f"unknown video backend {backend!r}; choose 'auto' or one of {BACKENDS}")
+        reject_choice("video backend", backend, ("auto", *BACKENDS))
     if (why := _probe(backend)) is not None:
         raise RuntimeError(f"video backend {backend!r} is not usable ({why}); {_INSTALL_HINT[backend]}")
     return backend

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cmae.config import Config, ConfigError, EvalConfig
+from cmae.config import Config, ConfigError, EvalConfig, reject_choice
 from cmae.data.dataset import VideoDataset, decoded_items
 from cmae.data.decoding import resolve_backend
 from cmae.data.lists import Sample, check_same_classes, read_samples
@@ -215,7 +215,7 @@ def frozen_evaluation(protocol: str, checkpoint: str | Path, output: str | Path,
     from cmae.engine.loading import load_pretrained
 
     if protocol not in ("linprobe", "knn"):
-        raise ValueError(f"unknown protocol {protocol!r}")
+        reject_choice("protocol", protocol, ("linprobe", "knn"))
     config, method = load_pretrained(checkpoint, config_path, overrides)
     check_evaluation_data(config, protocol)
     encoder = method.encoder

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from cmae.config import reject_choice
+
 
 def fill_tubelet(clip: torch.Tensor, tubelet: int) -> torch.Tensor:
     """Repeat a clip shorter than the tubelet (an image is a one-frame clip) along time to fill it."""
@@ -64,7 +66,7 @@ def patch_statistics(
         b, n, p = patches.shape
         x = patches.reshape(b, n, p // channels, channels)
         return x.mean(dim=-2), x.std(dim=-2) + eps
-    raise ValueError(f"unknown normalised-pixel mode {mode!r}; use 'patch', 'channel' or 'none'")
+    reject_choice("normalised-pixel mode", mode, ("patch", "channel", "none"))
 
 
 def normalized_pixel_targets(
