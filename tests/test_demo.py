@@ -46,5 +46,5 @@ def test_saved_floor_is_the_seeded_random_init(tmp_path):
     path = save_random_init(PRESETS / "mae.yaml", TINY, tmp_path)
     _, saved = load_pretrained(path)
     _, fresh = load_pretrained("random", PRESETS / "mae.yaml", TINY)
-    for (name, a), (_, b) in zip(saved.state_dict().items(), fresh.state_dict().items(), strict=False):
+    for (name, a), (_, b) in zip(saved.state_dict().items(), fresh.state_dict().items(), strict=True):
         assert torch.equal(a, b), name

@@ -239,11 +239,11 @@ def plot_runs(runs: Sequence[str | Path], output: str | Path, keys: Sequence[str
 
     figure = Figure(figsize=(5.0 * len(keys), 3.6), dpi=100, layout="constrained")
     axes = figure.subplots(1, len(keys), squeeze=False)[0]
-    for ax, key in zip(axes, keys, strict=False):
+    for ax, key in zip(axes, keys, strict=True):
         for label, rows in records.items():
             points = [(row["step"], row[key]) for row in rows if key in row and "step" in row]
             if points:
-                steps, values = zip(*points, strict=False)
+                steps, values = zip(*points, strict=True)
                 ax.plot(steps, values, label=label, linewidth=1.2)
         ax.set_title(key)
         ax.set_xlabel("step")

@@ -303,7 +303,7 @@ def log_step(run: Run, sums: dict[str, torch.Tensor], epoch: int, lr: float, bar
     """Average the terms over ranks, append them to metrics.jsonl and the progress bar."""
     names = sorted(sums)
     values = all_reduce_sum(torch.stack([sums[n] for n in names]).cpu()) / run.dist_info.world_size
-    run.last_terms = {n: float(v) for n, v in zip(names, values, strict=False)}
+    run.last_terms = {n: float(v) for n, v in zip(names, values, strict=True)}
     run.metrics.write({"step": run.step, "epoch": epoch, **run.last_terms, "lr": lr,
                        "time": round(time.time() - run.started, 2)})
     bar.set_postfix(loss=f"{run.last_terms['loss']:.4f}", lr=f"{lr:.2e}")

@@ -96,8 +96,8 @@ class CMAEV(VideoMAE):
         """EMA update after each optimiser step: target = m * target + (1 - m) * online."""
         m = momentum_at(step, total_steps, self.momentum, self.momentum_schedule)
         for online, target in self.ema_pairs():
-            for p_online, p_target in zip(online.parameters(), target.parameters(), strict=False):
+            for p_online, p_target in zip(online.parameters(), target.parameters(), strict=True):
                 p_target.lerp_(p_online.detach(), 1.0 - m)
-            for b_online, b_target in zip(online.buffers(), target.buffers(), strict=False):
+            for b_online, b_target in zip(online.buffers(), target.buffers(), strict=True):
                 b_target.copy_(b_online)  # BatchNorm statistics follow the online head
         self.current_momentum.fill_(m)
