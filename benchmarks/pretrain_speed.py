@@ -19,7 +19,7 @@ import torch
 from cmae.config import load_config
 from cmae.engine.runtime import autocast, resolve_device, resolve_precision
 from cmae.engine.schedule import param_groups
-from cmae.methods import build_method
+from cmae.methods import Method, build_method
 
 PRESETS = Path(__file__).resolve().parents[1] / "src" / "cmae" / "configs" / "demo"
 
@@ -35,12 +35,11 @@ def fake_batch(config, batch: int, device) -> dict[str, torch.Tensor]:
     return {"video": clip(frames)}
 
 
-def timed_steps(method: torch.nn.Module, batch: dict, device: torch.device, dtype: torch.dtype, steps: int,
+def timed_steps(method: Method, batch: dict, device: torch.device, dtype: torch.dtype, steps: int,
                 warmup: int = 2) -> tuple[list[float], torch.Tensor]:
     """`warmup` + `steps` AdamW steps on one batch (EMA hook included): the seconds of each timed
     step and the last loss."""
     optimizer = torch.optim.AdamW(param_groups(method, 0.05), lr=1e-4)
-    after_step = getattr(method, "after_step", None)
     timings, loss = [], torch.tensor(float("nan"))
     for step in range(warmup + steps):
         if device.type == "cuda":
@@ -51,8 +50,7 @@ def timed_steps(method: torch.nn.Module, batch: dict, device: torch.device, dtyp
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if after_step is not None:
-            after_step(step + 1, warmup + steps)
+        method.after_step(step + 1, warmup + steps)  # a no-op unless the method keeps an EMA target
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= warmup:
