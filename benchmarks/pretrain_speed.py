@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from cmae.config import load_config
+from cmae.config import TrainConfig, load_config
+from cmae.engine.loop import make_optimizer
 from cmae.engine.runtime import autocast, resolve_device, resolve_precision
 from cmae.engine.schedule import param_groups
 from cmae.methods import Method, build_method
@@ -39,7 +40,7 @@ def timed_steps(method: Method, batch: dict, device: torch.device, dtype: torch.
                 warmup: int = 2) -> tuple[list[float], torch.Tensor]:
     """`warmup` + `steps` AdamW steps on one batch (EMA hook included): the seconds of each timed
     step and the last loss."""
-    optimizer = torch.optim.AdamW(param_groups(method, 0.05), lr=1e-4)
+    optimizer = make_optimizer(param_groups(method, 0.05), 1e-4, TrainConfig(), device)  # the loop's AdamW
     timings, loss = [], torch.tensor(float("nan"))
     for step in range(warmup + steps):
         if device.type == "cuda":

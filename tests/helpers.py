@@ -1,4 +1,10 @@
-"""Named override sets that shrink any preset to seconds on a CPU, and `tiny_overrides`."""
+"""Named override sets that shrink any preset to seconds on a CPU, `tiny_overrides`, and
+`torchrun_pretrain` (two real gloo processes)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 TINY_ENCODER = ["model.name=vit_pico_p4", "model.patch_size=8"]  # 48 wide, 2 blocks, 32x32 -> 4x4 patches
 TINY_DECODER = ["model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2"]
@@ -14,3 +20,13 @@ def tiny_overrides(synth_dir, **extra) -> list[str]:
                                                    *TINY_INPUT, *TINY_MODEL, *TINY_TRAIN])
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
+
+
+def torchrun_pretrain(preset, output, overrides, *extra_args):
+    """`cmae pretrain` in two gloo processes; fails the test with their output if they fail."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "cmae.cli", "pretrain",
+               "--config", preset, "--output", str(output), *extra_args, *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

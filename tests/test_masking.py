@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cmae.masking import make_mask, num_masked, random_mask, tube_mask
+from cmae.masking import decoder_tokens, make_mask, num_masked, random_mask, scored_tokens, tube_mask
 
 
 @pytest.mark.parametrize("ratio, n, expect", [(0.75, 196, 147), (0.9, 196, 176), (0.7, 10, 7), (0.5, 7, 3)])
@@ -46,3 +46,25 @@ def test_bad_ratio_and_kind():
         random_mask(1, 10, 1.0)
     with pytest.raises(ValueError, match="unknown masking"):
         make_mask("frame", 1, (1, 2, 2), 0.5)
+
+
+def test_decoder_tokens_keep_every_visible_token_and_a_share_of_the_masked():
+    mask = tube_mask(3, (2, 4, 4), 0.75)  # 4 of 16 places visible per step: 8 visible, 24 masked tokens
+    decoded = decoder_tokens(mask, 0.5)
+    assert decoded.shape == (3, 8 + 12)
+    for row, visible, masked in zip(decoded, mask.visible, mask.masked, strict=True):
+        assert torch.equal(row, row.sort().values) and len(set(row.tolist())) == 20
+        assert set(visible.tolist()) <= set(row.tolist())
+        assert int(masked[row].sum()) == 12
+    assert not torch.equal(decoded[0], decoded[1])  # drawn per sample
+
+
+def test_scored_tokens_are_the_masked_ones_in_order():
+    mask = random_mask(2, 10, 0.6)
+    positions, tokens = scored_tokens(mask)
+    assert torch.equal(positions, tokens)
+    assert torch.equal(tokens, torch.stack([row.nonzero().squeeze(1) for row in mask.masked]))
+    decoded = decoder_tokens(mask, 0.5)  # 4 visible + 3 of the 6 masked
+    positions, tokens = scored_tokens(mask, decoded)
+    assert positions.shape == tokens.shape == (2, 3)
+    assert torch.equal(decoded.gather(1, positions), tokens) and mask.masked.gather(1, tokens).all()

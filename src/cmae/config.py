@@ -94,6 +94,9 @@ class MethodConfig:
     name: str = "videomae"  # a method of cmae.methods.METHODS
     masking: Literal["auto", "tube", "random"] = "auto"  # auto: the method's own (tube for video methods)
     mask_ratio: float = 0.9
+    # VideoMAE V2's dual masking: the decoder sees the visible tokens and a random (1 - this) share of
+    # the masked ones, and the loss covers that share only; 0 = every token (VideoMAE, MAE)
+    decoder_mask_ratio: float = 0.0
     norm_pix: Literal["channel", "patch", "none"] = "channel"  # channel (VideoMAE) | patch (MAE)
     # contrastive branch (cmae_v)
     # online feature: decoder (mean of all pixel-decoder states) | encoder (visible tokens)
@@ -147,6 +150,9 @@ class TrainConfig(ScheduleConfig):
     save_every: int = 1  # epochs between checkpoint-last.pt writes (the last epoch is always saved)
     keep_every: int = 0  # also keep checkpoint-NNNN.pt every this many epochs; 0: only the last
     max_steps_per_epoch: int = 0  # 0: the whole data set each epoch (a cap is for smoke runs)
+    compile: bool = False  # torch.compile the method's forward (checkpoints keep plain parameter names)
+    grad_checkpointing: bool = False  # recompute each transformer block in backward: less memory, ~1/3 more compute
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2's fully_shard)
 
 
 @dataclass
@@ -240,7 +246,8 @@ _RULES: dict[str, tuple[Any, str]] = {
         "finetune.base_lr", "finetune.min_lr", "finetune.warmup_epochs", "finetune.weight_decay",
         "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad")},
     **{key: (_fraction, "in [0, 1)") for key in (
-        "data.image_ratio", "model.drop_path", "method.mask_ratio", "finetune.drop_path", "finetune.label_smoothing")},
+        "data.image_ratio", "model.drop_path", "method.mask_ratio", "method.decoder_mask_ratio", "finetune.drop_path",
+        "finetune.label_smoothing")},
     **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
     "data.test_crop_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),

@@ -8,13 +8,15 @@ import torch.nn.functional as F
 from cmae.distributed import gather_no_grad, gather_with_grad, rank_and_world
 
 
-def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error over the masked tokens only (MAE eq., CMAE-V eq. 7).
 
-    pred, target: `[B, N, P]`; masked: `[B, N]` bool. Each token's error is the mean over
-    its P values; the loss is the mean over all masked tokens of the batch, so visible
-    tokens' predictions get no gradient.
+    pred, target: `[B, N, P]`; masked: `[B, N]` bool, or None when only the scored (masked)
+    tokens were passed. Each token's error is the mean over its P values; the loss is the
+    mean over all masked tokens of the batch, so visible tokens' predictions get no gradient.
     """
+    if masked is None:
+        return F.mse_loss(pred, target)  # every token has P values: the mean of the token means
     per_token = (pred - target).pow(2).mean(dim=-1)
     weights = masked.to(per_token.dtype)
     return (per_token * weights).sum() / weights.sum().clamp(min=1.0)

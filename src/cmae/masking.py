@@ -63,6 +63,32 @@ def tube_mask(
     return Mask(visible, spatial.masked.repeat(1, t))
 
 
+def decoder_tokens(mask: Mask, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """VideoMAE V2's decoder masking: sorted indices `[B, N']` of the tokens the decoder runs on,
+    every visible token plus a uniformly random share (1 - ratio) of each sample's masked ones.
+
+    V2 draws that share with "running cell" masking; uniform draws are the simpler reading
+    and cover every masked place equally often over a run.
+    """
+    masked_count = mask.masked.shape[1] - mask.visible.shape[1]
+    keep = masked_count - num_masked(masked_count, ratio)
+    # visible places get noise 2 (> any draw), so the `keep` lowest are masked places
+    noise = torch.rand(mask.masked.shape, device=mask.masked.device, generator=generator)
+    noise = noise.masked_fill(~mask.masked, 2.0)
+    kept_masked = noise.argsort(dim=1)[:, :keep]
+    return torch.cat([mask.visible, kept_masked], dim=1).sort(dim=1).values
+
+
+def scored_tokens(mask: Mask, decoded: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked tokens the reconstruction loss scores, as (positions in the decoder's output,
+    token indices), each `[B, M]` in token order: every masked token, or with `decoded` (see
+    `decoder_tokens`) the decoded ones. Counts are the same in every row, so no host sync."""
+    flags = mask.masked if decoded is None else mask.masked.gather(1, decoded)
+    count = flags.shape[1] - mask.visible.shape[1]
+    positions = flags.to(torch.uint8).sort(dim=1, descending=True, stable=True).indices[:, :count]
+    return positions, positions if decoded is None else decoded.gather(1, positions)
+
+
 def make_mask(
     kind: str, batch: int, grid: tuple[int, int, int], ratio: float, device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,

@@ -3,9 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ import torch
 from cmae.config import ConfigError, load_config
 from cmae.engine.pretrain import pretrain
 from cmae.engine.runtime import read_metrics
-from tests.helpers import tiny_overrides
+from tests.helpers import tiny_overrides, torchrun_pretrain
 
 PRESET = "configs/demo/videomae.yaml"
 
@@ -98,16 +95,6 @@ def test_gradient_accumulation_warns_where_it_shrinks_the_contrastive_batch(synt
     with pytest.warns(UserWarning, match="CMAEV's contrastive negatives and batch statistics cover 4 samples per "
                                          "step, not the global batch of 8"):
         pretrain(load_config("configs/demo/cmae_v.yaml", overrides), tmp_path / "cmae_v")
-
-
-def torchrun_pretrain(preset, output, overrides, *extra_args):
-    """`cmae pretrain` in two gloo processes; fails the test with their output if they fail."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "cmae.cli", "pretrain",
-               "--config", preset, "--output", str(output), *extra_args, *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("preset", [PRESET, "configs/demo/cmae_v.yaml", "configs/demo/vic_mae.yaml"])

@@ -38,3 +38,29 @@ def test_reconstruction_gradient_reaches_encoder_and_decoder():
         if name in ("encoder.cls_token",):
             continue
         assert param.grad is not None, name
+
+
+def test_decoder_masking_scores_only_the_decoded_share_of_the_masked_tokens():
+    """VideoMAE V2's dual masking: a masked token the decoder drops has no part in the loss."""
+    torch.manual_seed(0)
+    method = build_method(load_config("configs/demo/videomae.yaml", TINY + ["method.decoder_mask_ratio=0.5"]))
+    clip = torch.randn(1, 3, 4, 32, 32)  # grid (2, 4, 4): 4 visible tokens, 28 masked, 14 of them decoded
+    mask = method.make_mask(clip)
+    torch.manual_seed(1)
+    rec = method.reconstruct(clip, mask, decoder_masking=True)
+    assert rec.decoded.shape == (1, 4 + 14) and rec.pred.shape == (1, 18, 2 * 8 * 8 * 3)
+    decoded = set(rec.decoded[0].tolist())
+    dropped = next(n for n in range(32) if mask.masked[0, n] and n not in decoded)
+    kept = next(n for n in sorted(decoded) if mask.masked[0, n])
+
+    def loss_after_changing(token: int) -> torch.Tensor:
+        changed = clip.clone()
+        t, place = divmod(token, 16)
+        row, col = divmod(place, 4)
+        changed[:, :, 2 * t : 2 * t + 2, 8 * row : 8 * row + 8, 8 * col : 8 * col + 8] += torch.randn(1, 3, 2, 8, 8)
+        torch.manual_seed(1)
+        return method.reconstruct(changed, mask, decoder_masking=True).loss
+
+    assert torch.equal(loss_after_changing(dropped), rec.loss)
+    assert not torch.isclose(loss_after_changing(kept), rec.loss)
+    assert method.reconstruct(clip, mask).decoded is None  # evaluation and figures decode every token

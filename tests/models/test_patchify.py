@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from cmae.models.patchify import fill_tubelet, normalized_pixel_targets, patchify, unpatchify
+from cmae.models.patchify import (
+    fill_tubelet,
+    gather_tokens,
+    normalized_pixel_targets,
+    normalized_targets,
+    patchify,
+    unpatchify,
+)
 from cmae.models.vit import PatchEmbed
 
 
@@ -41,3 +48,15 @@ def test_normalised_targets():
     assert torch.equal(normalized_pixel_targets(patches, "none"), patches)
     with pytest.raises(ValueError, match="normalised-pixel mode"):
         normalized_pixel_targets(patches, "pixel")
+
+
+@pytest.mark.parametrize("mode", ["patch", "channel", "none"])
+@pytest.mark.parametrize("t, tubelet", [(4, 2), (1, 2), (2, 1)])
+def test_fast_targets_equal_the_reference_ones(mode, t, tubelet):
+    """`normalized_targets` (statistics in the conv layout, picked tokens only) is the plain formula."""
+    clip = torch.rand(2, 3, t, 16, 16) * 4 + 1
+    tokens = torch.tensor([[0, 3], [1, 2]])
+    reference = normalized_pixel_targets(patchify(clip, 8, tubelet), mode)
+    assert torch.allclose(normalized_targets(clip, 8, tubelet, mode), reference, atol=1e-5)
+    assert torch.allclose(normalized_targets(clip, 8, tubelet, mode, tokens), gather_tokens(reference, tokens),
+                          atol=1e-5)

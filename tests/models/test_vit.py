@@ -7,6 +7,7 @@ from cmae.config import ModelConfig
 from cmae.masking import tube_mask
 from cmae.models import build_encoder
 from cmae.models.decoder import PixelDecoder
+from cmae.models.patchify import gather_tokens
 from cmae.models.vit import VisionTransformer
 
 
@@ -102,3 +103,50 @@ def test_init_schemes(scheme):
                                               rel=0.05)
     # MAE's mask token starts at N(0, 0.02); Hugging Face's VideoMAE at zero
     assert (decoder.mask_token.abs().sum() == 0) == (scheme == "normal")
+
+
+@pytest.mark.parametrize("shape, tubelet", [((2, 3, 4, 32, 32), 2), ((2, 3, 1, 32, 32), 2), ((3, 3, 1, 32, 32), 1)])
+def test_embedding_only_the_visible_patches_equals_embedding_all_then_picking(shape, tubelet):
+    torch.manual_seed(0)
+    vit = tiny_vit(tubelet_size=tubelet)
+    clip = torch.randn(shape)
+    grid = vit.token_grid(shape)
+    visible = tube_mask(shape[0], grid, 0.5).visible
+    picked = torch.gather(vit.embed(clip), 1, visible[..., None].expand(-1, -1, 48))
+    assert torch.allclose(vit.embed(clip, visible), picked, atol=1e-5)
+
+
+def test_gather_tokens_equals_torch_gather_and_broadcasts_a_shared_table():
+    x, index = torch.randn(3, 10, 4), torch.tensor([[0, 2, 9], [1, 1, 5], [8, 3, 0]])
+    assert torch.equal(gather_tokens(x, index), torch.gather(x, 1, index[..., None].expand(-1, -1, 4)))
+    assert torch.equal(gather_tokens(x[:1], index), torch.gather(x[:1].expand(3, -1, -1), 1,
+                                                                  index[..., None].expand(-1, -1, 4)))
+
+
+def test_grad_checkpointing_gives_the_same_gradients_with_drop_path():
+    """Checkpointing recomputes each block in backward; drop path's draws must replay exactly."""
+    torch.manual_seed(0)
+    vit = tiny_vit(tubelet_size=2, drop_path_rate=0.5).train()
+    decoder = PixelDecoder(48, 2 * 8 * 8 * 3, embed_dim=32, depth=2, num_heads=2)
+    clip = torch.randn(4, 3, 4, 32, 32)
+    mask = tube_mask(4, (2, 4, 4), 0.5)
+
+    def gradients(checkpointing: bool, seed: int = 1) -> list[torch.Tensor]:
+        vit.grad_checkpointing = decoder.grad_checkpointing = checkpointing
+        vit.zero_grad(), decoder.zero_grad()
+        torch.manual_seed(seed)  # the same drop-path draws in both runs
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            pred, _ = decoder(vit(clip, mask.visible), mask.visible, (2, 4, 4))
+        pred.square().mean().backward()
+        return [p.grad.clone() for p in [*vit.parameters(), *decoder.parameters()]]
+
+    saved: list[torch.Tensor] = []
+    plain = gradients(False)
+    kept_plain = len(saved)
+    checkpointed = gradients(True)
+    assert len(saved) < kept_plain / 2  # the blocks' activations were not kept
+    other_draws = gradients(False, seed=2)  # the test can fail: other drop-path draws give other gradients
+    assert any(not torch.allclose(a, b) for a, b in zip(plain, other_draws, strict=True))
+    for a, b in zip(plain, checkpointed, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -1,18 +1,17 @@
 """The one training loop (pre-training and fine-tuning), in one process or under torchrun.
 
     train_loop(config, output, make_job, resume)
-      start_run      seed, build the job (method, data, parameter groups), loader, AdamW, DDP
+      start_run      seed, build the job (method, data, parameter groups), loader, DDP or FSDP2, AdamW
       restore_state  --resume: weights, optimiser, scaler, epoch/step, every rank's RNG streams
       train_one_epoch, then save_state after each epoch (atomic checkpoint-last.pt)
       summarize      steps, first/last logged metrics, the job's own `finish` entries
 
-Per-iteration cosine schedule with warmup, gradient accumulation (DDP syncs on the last
+Per-iteration cosine schedule with warmup, gradient accumulation (ranks reduce gradients on the last
 micro-batch only), optional clipping, metrics.jsonl every `log_every` steps.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
@@ -24,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
@@ -39,6 +37,7 @@ from cmae.distributed import (
     init_distributed,
 )
 from cmae.engine.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from cmae.engine.parallel import enable_grad_checkpointing, full_state, gradient_sync, load_full_state, wrap_method
 from cmae.engine.runtime import (
     MetricsLog,
     autocast,
@@ -119,13 +118,17 @@ class DecodeFailures:
         self.max_fraction = max_fraction
         self.failed = 0
         self.attempted = 0
+        self.pending = torch.zeros(2, dtype=torch.float64)  # this rank's (failed, decoded) since the last check
 
     def update(self, num_failed: torch.Tensor) -> None:
-        counts = all_reduce_sum(torch.tensor([num_failed.sum().item(), num_failed.numel()], dtype=torch.float64))
-        self.failed += int(counts[0])
-        self.attempted += int(counts[0] + counts[1])
+        """Count a batch's failures (a CPU tensor from the loader: no device sync, no collective)."""
+        self.pending += torch.stack([num_failed.sum(), torch.tensor(num_failed.numel())]).double()
 
     def check(self, final: bool = False) -> None:
+        """Total the counts over ranks (a collective: every rank calls it at the same steps) and judge."""
+        counts, self.pending = all_reduce_sum(self.pending), torch.zeros(2, dtype=torch.float64)
+        self.failed += int(counts[0])
+        self.attempted += int(counts[0] + counts[1])
         if self.attempted == 0 or (self.attempted < self.MIN_ATTEMPTS and not final):
             return
         fraction = self.failed / self.attempted
@@ -149,7 +152,7 @@ class Run:
     loader: DataLoader
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    model: nn.Module  # the method, or its DistributedDataParallel wrapper
+    model: nn.Module  # what the loop calls: the method, its DDP wrapper, or the method sharded by FSDP2
     metrics: MetricsLog
     failures: DecodeFailures
     steps_per_epoch: int
@@ -158,6 +161,8 @@ class Run:
     start_epoch: int = 0
     step: int = 0
     started: float = 0.0
+    # non-finite losses since the last check, kept on the device: checking each step would sync it
+    nonfinite: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     last_terms: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -217,23 +222,40 @@ def start_run(config: Config, output: Path, make_job: Callable[[torch.device], J
             f"(batch_size={train.batch_size}); lower the batch size"
         )
     lr_peak = peak_lr(train)
-    optimizer = torch.optim.AdamW(job.groups, lr=lr_peak, betas=tuple(train.betas))
+    if train.grad_checkpointing:
+        enable_grad_checkpointing(job.method)
+    model, groups = wrap_method(job.method, job.groups, train.strategy, device, dtype, dist_info)
+    if train.compile:
+        from torch._inductor import config as inductor
+
+        # Masks and drop path draw the same numbers compiled as eager (inductor's own generator
+        # would not), so a seeded run, and a resume with compilation switched, are the same run.
+        inductor.fallback_random = True
+        # in place, after wrapping (as DDP and FSDP2 advise): unlike `torch.compile(module)` it adds
+        # no `_orig_mod.` prefix, and checkpoints hold the unwrapped method's state anyway
+        model.compile()
+    optimizer = make_optimizer(groups, lr_peak, train, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    model = DistributedDataParallel(job.method, device_ids=[device.index] if device.type == "cuda" else None) \
-        if dist_info.enabled else job.method
     output.mkdir(parents=True, exist_ok=True)
     return Run(config, output, job, device, dtype, dist_info, loader, optimizer, scaler, model,
                metrics=MetricsLog(output / "metrics.jsonl", enabled=dist_info.is_main),
                failures=DecodeFailures(config.data.max_failed_fraction), steps_per_epoch=steps_per_epoch,
-               warmup_steps=train.warmup_epochs * steps_per_epoch, lr_peak=lr_peak)
+               warmup_steps=train.warmup_epochs * steps_per_epoch, lr_peak=lr_peak,
+               nonfinite=torch.zeros((), device=device))
+
+
+def make_optimizer(groups: list[dict], lr: float, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel (one pass over all parameters, on CPU as on CUDA: 2x the
+    per-parameter loop here); FSDP2's sharded parameters take the multi-tensor (foreach) update."""
+    fast = {"foreach": True} if train.strategy == "fsdp" else {"fused": True}
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(train.betas), **fast)
 
 
 def restore_state(run: Run, resume: str | Path) -> None:
     """Continue a saved run exactly: weights, optimiser, scaler, position and RNG streams."""
     state = load_checkpoint(resume)
     check_resumable(run.config, config_from_dict(state["config"]), resume)
-    run.job.method.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    load_full_state(run.model, run.job.method, run.optimizer, state["model"], state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.step = state["epoch"], state["step"]
     restore_rng(state["rng"], run.dist_info, run.config.train.seed + 1_000_003 * run.start_epoch)
@@ -263,11 +285,14 @@ def train_one_epoch(run: Run, epoch: int) -> None:
         run.optimizer.zero_grad(set_to_none=True)
         run.step += 1
         method.after_step(run.step, run.total_steps)
-        run.failures.check()
+        # the only host syncs and collectives of a step, every log_every steps
         if run.step % train.log_every == 0 or run.step == run.total_steps or index == run.steps_per_epoch - 1:
+            check_finite(run, epoch)
+            run.failures.check()
             log_step(run, sums, epoch, lr, bar)
         bar.update(1)
     bar.close()
+    check_finite(run, epoch)
     run.failures.check(final=True)
     if run.dist_info.is_main:
         print(f"epoch {epoch + 1}/{train.epochs}  step {run.step}  "
@@ -283,20 +308,25 @@ def accumulate_gradients(run: Run, batches, epoch: int) -> dict[str, torch.Tenso
         data = next(batches)
         run.failures.update(data["num_failed"])
         data = to_device(data, run.device)
-        # Skip DDP's gradient all-reduce on all but the last micro-batch.
-        sync = micro == accum - 1 or not run.dist_info.enabled
-        with (contextlib.nullcontext() if sync else run.model.no_sync()), autocast(run.device, run.dtype):
-            out = run.model(data)
-        # Every rank must agree, or the ranks that carry on would wait for this one forever.
-        if not all_true(bool(torch.isfinite(out.loss))):
-            raise FloatingPointError(
-                f"loss is not finite on some rank (here {out.loss.item()}) at step {run.step} (epoch {epoch}); "
-                f"the last checkpoint in {run.output} is intact. Try a lower lr or train.clip_grad"
-            )
-        run.scaler.scale(out.loss / accum).backward()
+        # Reduce gradients over ranks on the last micro-batch only.
+        with gradient_sync(run.model, micro == accum - 1):
+            with autocast(run.device, run.dtype):
+                out = run.model(data)
+            run.scaler.scale(out.loss / accum).backward()
+        run.nonfinite += ~torch.isfinite(out.loss.detach())
         for name, value in {"loss": out.loss.detach(), **out.terms}.items():
             sums[name] = sums.get(name, 0.0) + value.float() / accum
     return sums
+
+
+def check_finite(run: Run, epoch: int) -> None:
+    """Stop if any loss since the last check was not finite, before it is logged or saved.
+    Every rank must agree, or the ranks that carry on would wait for this one forever."""
+    if not all_true(bool(run.nonfinite == 0)):
+        raise FloatingPointError(
+            f"the loss was not finite on some rank between the last log and step {run.step} (epoch {epoch + 1}); "
+            f"the last checkpoint in {run.output} is intact. Try a lower lr or train.clip_grad"
+        )
 
 
 def log_step(run: Run, sums: dict[str, torch.Tensor], epoch: int, lr: float, bar: tqdm) -> None:
@@ -312,10 +342,11 @@ def log_step(run: Run, sums: dict[str, torch.Tensor], epoch: int, lr: float, bar
 def save_state(run: Run, epochs_done: int) -> None:
     """checkpoint-last.pt (atomic), and a kept copy every `keep_every` epochs; every rank's RNG."""
     rng = gather_objects(rng_states())  # every rank's, so each resumes its own stream
+    weights, optimizer_state = full_state(run.model, run.job.method, run.optimizer)  # every rank: FSDP gathers
     if run.dist_info.is_main:
         save_checkpoint(run.output / CHECKPOINT_NAME, {
-            "model": run.job.method.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
+            "model": weights,
+            "optimizer": optimizer_state,
             "scaler": run.scaler.state_dict(),
             "epoch": epochs_done,
             "step": run.step,

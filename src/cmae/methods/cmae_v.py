@@ -2,7 +2,8 @@
 
 Online branch: tube-masked clip -> ViT encoder (visible tokens) -> pixel decoder ->
 `loss_rec`; the mean of the decoder's last hidden states over all N tokens (visible and
-mask tokens alike, as CMAE's feature decoder, eq. 2) -> projector -> predictor.
+mask tokens alike, as CMAE's feature decoder, eq. 2; with `method.decoder_mask_ratio` > 0,
+over the tokens the decoder sees) -> projector -> predictor.
 Target branch: an EMA copy of the encoder and projector, no gradient, on the full,
 temporally shifted, colour-augmented clip; mean over its patch tokens (eq. 3) ->
 target projector. `loss_con` is InfoNCE (eq. 5) against the global batch, and
@@ -82,7 +83,7 @@ class CMAEV(VideoMAE):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
         self.require_views(batch)
-        rec = self.reconstruct(batch["video"])
+        rec = self.reconstruct(batch["video"], decoder_masking=True)
         query = self.predictor(self.projector(self.online_feature(rec)))
         key = self.target_embedding(batch["target"])
         loss_con = self.con_scale * global_info_nce(query, key, self.temperature)

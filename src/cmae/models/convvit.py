@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from cmae.models.patchify import fill_tubelet, token_grid
-from cmae.models.vit import Block, DropPath, gather_tokens, init_linear_map, init_weights, pos_embed_for
+from cmae.models.vit import Block, DropPath, gather_tokens, init_linear_map, init_weights, pos_embed_for, run_blocks
 
 STRIDE = 16  # the stride of the token grid: stage 1 (4) x stage 2 (2) x stage 3 (2)
 
@@ -138,6 +138,7 @@ class ConvViT(nn.Module):
         super().__init__()
         c1, c2, dim = widths
         self.pos_embed = pos_embed
+        self.grad_checkpointing = False  # set by `train.grad_checkpointing` (see `run_blocks`)
         self.embed_dim, self.depth = dim, depths[2]
         self.patch_size, self.tubelet_size = STRIDE, tubelet_size  # of the stride-16 token grid
         self.patch_embed1 = ConvPatchEmbed(in_chans, c1, 4, tubelet=tubelet_size)
@@ -183,12 +184,10 @@ class ConvViT(nn.Module):
             keep4 = keep.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
 
         x = self.patch_embed1(fill_tubelet(x, self.tubelet_size))  # [B*T', C1, H/4, W/4]
-        for block in self.blocks1:
-            x = block(x, keep4)
+        x = run_blocks(self.blocks1, x, keep4, checkpointing=self.grad_checkpointing)
         fused = self.fuse1(x)  # [B*T', H'*W', D]
         x = self.patch_embed2(x)  # [B*T', C2, H/8, W/8]
-        for block in self.blocks2:
-            x = block(x, keep8)
+        x = run_blocks(self.blocks2, x, keep8, checkpointing=self.grad_checkpointing)
         fused = fused + self.fuse2(x)
         x = self.patch_embed3(x)  # [B*T', D, H', W']
         # [B*T', H'*W', D] -> [B, T'*H'*W', D]: frames were folded b-major, so tokens come out time-major
@@ -197,8 +196,7 @@ class ConvViT(nn.Module):
         fused = fused.reshape(b, n, -1)
         if visible is not None:
             tokens, fused = gather_tokens(tokens, visible), gather_tokens(fused, visible)
-        for block in self.blocks:
-            tokens = block(tokens)
+        tokens = run_blocks(self.blocks, tokens, checkpointing=self.grad_checkpointing)
         return self.norm(tokens + fused)
 
 

@@ -1,0 +1,132 @@
+"""How the loop holds a method across processes: replicated (DDP) or sharded (FSDP2), and
+checkpoints that read the same either way.
+
+    enable_grad_checkpointing   recompute every block's activations in backward
+    wrap_method      DDP, or FSDP2's `fully_shard` per transformer block and at the root
+    gradient_sync    skip the gradient reduction on all but the last micro-batch
+    full_state / load_full_state
+                     the model's full state dict and the optimiser's in torch's own
+                     index-keyed layout, gathered to rank 0 under FSDP, so a checkpoint from
+                     an FSDP run resumes under DDP or in one process and the other way round,
+                     and every command that reads checkpoints reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cmae.distributed import DistInfo
+from cmae.models.convvit import ConvBlock
+from cmae.models.vit import Block
+
+# The units FSDP gathers one at a time: each holds a block's weights, so a block's
+# all-gather overlaps the previous block's compute and peak memory holds about one block.
+SHARDED_UNITS = (Block, ConvBlock)
+
+
+def enable_grad_checkpointing(method: nn.Module) -> None:
+    """Activation checkpointing in every encoder and decoder of the method (`train.grad_checkpointing`)."""
+    for module in method.modules():
+        if hasattr(module, "grad_checkpointing"):
+            module.grad_checkpointing = True
+
+
+def wrap_method(method: nn.Module, groups: list[dict], strategy: str, device: torch.device, dtype: torch.dtype,
+                dist_info: DistInfo) -> tuple[nn.Module, list[dict]]:
+    """(the module the loop calls, the optimiser's parameter groups for it): the method itself
+    in one process, else DDP or FSDP2. FSDP2 replaces every parameter by its shard, so the
+    groups are rebuilt by name around the new parameters."""
+    if not dist_info.enabled:
+        return method, groups
+    if strategy == "ddp":
+        return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None), groups
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    # Ranks built their methods from different seeds: start all from rank 0's, as DDP does.
+    for tensor in method.state_dict().values():
+        torch.distributed.broadcast(tensor, src=0)
+    name_of = {id(p): name for name, p in method.named_parameters()}
+    # bf16 weights in forward/backward under bf16 training; gradients are reduced in fp32
+    # (torchtitan's default: a bf16 sum over many ranks loses low bits of small gradients).
+    policy = MixedPrecisionPolicy(param_dtype=dtype if dtype != torch.float32 else None, reduce_dtype=torch.float32)
+    for module in method.modules():
+        if isinstance(module, SHARDED_UNITS):
+            fully_shard(module, mp_policy=policy)
+    fully_shard(method, mp_policy=policy)
+    sharded = dict(method.named_parameters())
+    return method, [{**group, "params": [sharded[name_of[id(p)]] for p in group["params"]]} for group in groups]
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def gradient_sync(model: nn.Module, sync: bool):
+    """Context for one micro-batch's forward and backward: gradients are reduced over ranks
+    only when `sync` (the last micro-batch of an accumulation step)."""
+    if isinstance(model, DistributedDataParallel):
+        return contextlib.nullcontext() if sync else model.no_sync()
+    if is_sharded(model):
+        model.set_requires_gradient_sync(sync)
+    return contextlib.nullcontext()
+
+
+def _optimizer_names(method: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the optimiser's order: the index of a name is its key in torch's layout."""
+    name_of = {id(p): name for name, p in method.named_parameters()}
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_state(model: nn.Module, method: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(model state dict, optimiser state dict) as one process would have them. Under FSDP every
+    rank must call this (it gathers); only rank 0's dicts are filled."""
+    if not is_sharded(model):
+        return method.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(method, options=options)
+    named = get_optimizer_state_dict(method, optimizer, options=options)
+    names = _optimizer_names(method, optimizer)
+    index = {name: i for i, name in enumerate(names)}
+    indexed = {
+        "state": {index[name]: value for name, value in named.get("state", {}).items()},
+        "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
+                         for group in named.get("param_groups", [])],
+    }
+    return weights, indexed
+
+
+def load_full_state(model: nn.Module, method: nn.Module, optimizer: torch.optim.Optimizer,
+                    weights: dict[str, Any], optimizer_state: dict[str, Any]) -> None:
+    """Inverse of `full_state`: every rank loads the full dicts (each its own shard under FSDP)."""
+    if not is_sharded(model):
+        method.load_state_dict(weights)
+        optimizer.load_state_dict(optimizer_state)
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(method, weights, options=options)
+    names = _optimizer_names(method, optimizer)
+    named = {
+        "state": {names[i]: value for i, value in optimizer_state["state"].items()},
+        "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
+                         for group in optimizer_state["param_groups"]],
+    }
+    set_optimizer_state_dict(method, optimizer, named, options=options)
