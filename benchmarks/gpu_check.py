@@ -10,7 +10,11 @@ Sections, in order (each is skipped, and says so, once `--deadline` seconds have
    tubelet 2; random tensors): ms per step, clips per second, MFU against the GPU's bf16 peak
    (FLOPs counted analytically, `step_flops`), peak memory, and for `videomae` the same-work
    ratio against `transformers.VideoMAEForPreTraining` of the identical architecture.
-3. **Initialisation at the paper size** (issue 12): `videomae` ViT-B trained through cmae's
+3. **Scale switches** on the same ViT-B/16 step: `videomae` eager, compiled (`train.compile`),
+   with activation checkpointing (`train.grad_checkpointing`), with VideoMAE V2's decoder
+   masking (`method.decoder_mask_ratio=0.5`) and sharded by FSDP2 in a process group of one
+   (`train.strategy=fsdp`); `cmae_v` and `vic_mae` eager and checkpointed: ms, peak memory.
+4. **Initialisation at the paper size** (issue 12): `videomae` ViT-B trained through cmae's
    own loop (`train_loop`, bf16, real views) for a few hundred steps on synthetic clips
    rendered in memory, from `model.init=xavier` and from `normal`; each encoder and its
    random-init floor probed on the motion label.
@@ -35,13 +39,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pretrain_speed, reference_check
 from pretrain_speed import fake_batch, timed_steps  # noqa: E402
 
-from cmae.config import Config, load_config  # noqa: E402
+from cmae.config import Config, TrainConfig, load_config  # noqa: E402
 from cmae.data.synth import MOTION_CLASSES, VAL_SEED_OFFSET, render_clip, sample_clip  # noqa: E402
 from cmae.data.views import MultiViewClips, build_view  # noqa: E402
 from cmae.engine.evaluate import linear_probe  # noqa: E402
 from cmae.engine.loop import Job, train_loop  # noqa: E402
+from cmae.engine.parallel import compile_model, enable_grad_checkpointing, shard_method  # noqa: E402
 from cmae.engine.runtime import autocast  # noqa: E402
 from cmae.engine.schedule import param_groups  # noqa: E402
+from cmae.masking import num_masked  # noqa: E402
 from cmae.methods import build_method  # noqa: E402
 from cmae.models.pooling import pool_tokens  # noqa: E402
 from cmae.models.vit import VIT_PRESETS  # noqa: E402
@@ -69,17 +75,21 @@ def block_flops(tokens: float, width: int) -> float:
 
 def mae_pass_flops(config: Config, frames: int) -> tuple[float, float]:
     """(forward FLOPs with gradients, forward FLOPs of a full-clip no-grad encoder pass) for one
-    sample: patch embedding of every patch, encoder on the visible tokens, encoder-to-decoder
-    map, decoder on all tokens, pixel head."""
+    sample: patch embedding of the visible patches, encoder on the visible tokens,
+    encoder-to-decoder map, decoder on the decoded tokens (all of them, or with
+    `method.decoder_mask_ratio` the visible ones and a share of the masked), pixel head."""
     size, m = VIT_PRESETS[config.model.name], config.model
     patch, tubelet = m.patch_size or size.patch_size, min(m.tubelet_size, frames)
-    tokens = (frames // tubelet) * (config.data.image_size // patch) ** 2
-    visible = round(tokens * (1 - config.method.mask_ratio))
+    places = (config.data.image_size // patch) ** 2
+    tokens = (frames // tubelet) * places
+    # tube masks keep the same places at every time step; single frames are masked per token
+    visible = (frames // tubelet) * (places - num_masked(places, config.method.mask_ratio))
+    decoded = tokens - num_masked(tokens - visible, config.method.decoder_mask_ratio)
     patch_dim = 3 * tubelet * patch ** 2
-    embed = 2 * tokens * patch_dim * size.embed_dim
-    masked = (embed + size.depth * block_flops(visible, size.embed_dim) + 2 * visible * size.embed_dim * m.decoder_dim
-              + m.decoder_depth * block_flops(tokens, m.decoder_dim) + 2 * tokens * m.decoder_dim * patch_dim)
-    full = embed + size.depth * block_flops(tokens, size.embed_dim)
+    masked = (2 * visible * patch_dim * size.embed_dim + size.depth * block_flops(visible, size.embed_dim)
+              + 2 * visible * size.embed_dim * m.decoder_dim
+              + m.decoder_depth * block_flops(decoded, m.decoder_dim) + 2 * decoded * m.decoder_dim * patch_dim)
+    full = 2 * tokens * patch_dim * size.embed_dim + size.depth * block_flops(tokens, size.embed_dim)
     return masked, full
 
 
@@ -99,13 +109,14 @@ def bf16_peak() -> float | None:
 
 # ---------------------------------------------------------------- 1 and 2: steps and speed
 
-def train_steps(method: torch.nn.Module, batch: dict, device: torch.device, steps: int) -> dict[str, float]:
+def train_steps(method: torch.nn.Module, batch: dict, device: torch.device, steps: int,
+                train: TrainConfig | None = None) -> dict[str, float]:
     """`steps` timed optimiser steps after two warm-up ones (one step when `steps` is 0):
     median ms, peak memory, last loss."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    timings, loss = timed_steps(method, batch, device, dtype, max(steps, 1), warmup=2 if steps else 0)
+    timings, loss = timed_steps(method, batch, device, dtype, max(steps, 1), warmup=2 if steps else 0, train=train)
     timed = sorted(timings)
     return {"ms": 1000 * timed[len(timed) // 2], "loss": loss.item(),
             "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")}
@@ -154,7 +165,60 @@ def speed(device: torch.device, smoke: bool, batch: int, steps: int) -> list[dic
     return rows
 
 
-# ---------------------------------------------------------------- 3: initialisation at the paper size
+# ---------------------------------------------------------------- 3: what a ViT-L cluster run switches on
+
+# (row, overrides, compile, activation checkpointing, FSDP2): each against eager on the same batch
+SCALE_VARIANTS = [
+    ("eager", [], False, False, False),
+    ("train.compile", [], True, False, False),
+    ("train.grad_checkpointing", [], False, True, False),
+    ("method.decoder_mask_ratio=0.5", ["method.decoder_mask_ratio=0.5"], False, False, False),
+    ("train.strategy=fsdp (1 process)", [], False, False, True),
+]
+
+
+def one_process_group(device: torch.device) -> None:
+    """A process group of one, for an FSDP2 step on a single device."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29517")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+
+
+def scale(device: torch.device, smoke: bool, batch: int, steps: int) -> list[dict]:
+    """`videomae` in every variant; `cmae_v` and `vic_mae` eager and with activation checkpointing."""
+    rows = []
+    for name in SPEED_PRESETS:
+        for label, overrides, compiled, checkpointing, fsdp in SCALE_VARIANTS:
+            if not name.startswith("videomae") and label not in ("eager", "train.grad_checkpointing"):
+                continue
+            config = load_config(PRETRAIN / f"{name}.yaml", overrides)
+            if smoke:
+                config = load_config(PRETRAIN / f"{name}.yaml", [*smoke_overrides(config), *overrides])
+            torch.manual_seed(0)
+            method = build_method(config).to(device).train()
+            if checkpointing:
+                enable_grad_checkpointing(method)
+            if fsdp:
+                one_process_group(device)
+                shard_method(method, torch.bfloat16 if device.type == "cuda" else torch.float32)
+            if compiled:
+                compile_model(method)
+            started = time.time()
+            result = train_steps(method, fake_batch(config, batch, device), device, steps,
+                                 TrainConfig(strategy="fsdp" if fsdp else "ddp"))
+            rows.append({"preset": name, "variant": label, "batch": batch, **result,
+                         "seconds": time.time() - started, "clips_per_s": batch / result["ms"] * 1000})
+            log(f"scale {name} {label}: {result['ms']:.1f} ms/step, {result['peak_gib']:.2f} GiB")
+            del method
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+# ---------------------------------------------------------------- 4: initialisation at the paper size
 
 class InMemoryClip:
     """A rendered clip as a frame source (what `DecodedVideo` holds after decoding)."""
@@ -269,7 +333,7 @@ def init_check(device: torch.device, smoke: bool, args, work: Path, out: Path) -
 def md_table(header: str, rows: list[str]) -> list[str]:
     """Markdown lines: `header` as "| a | b |" with its alignment row (text columns left), then rows."""
     cells = [c.strip() for c in header.strip("|").split("|")]
-    align = ["---" if c in ("preset", "method", "model", "implementation", "init", "finite") or "->" in c
+    align = ["---" if c in ("preset", "method", "model", "implementation", "variant", "init", "finite") or "->" in c
              else "---:" for c in cells]
     return [header, "| " + " | ".join(align) + " |", *rows, ""]
 
@@ -290,8 +354,13 @@ def markdown(report: dict) -> str:
             f"{r['tflop_per_step']:.2f} | {100 * r['mfu']:.1f} % | {r['peak_gib']:.1f} |" for r in report["speed"]])
         lines += ["TFLOP/step is `step_flops` (analytic: 3x forward of what has gradients, + CMAE-V's "
                   "no-grad target pass) x batch.", ""]
+    if report.get("scale"):
+        lines += ["## 3. Compilation, activation checkpointing, decoder masking, FSDP2 (bf16, median step)", ""]
+        lines += md_table("| preset | variant | batch | ms/step | clips/s | peak GiB | row s (incl. compile) |", [
+            f"| {r['preset']} | {r['variant']} | {r['batch']} | {r['ms']:.1f} | {r['clips_per_s']:.1f} | "
+            f"{r['peak_gib']:.2f} | {r['seconds']:.0f} |" for r in report["scale"]])
     if report.get("init"):
-        lines += ["## 3. `model.init` at ViT-B (videomae, 16x224², trained through `train_loop`)", "",
+        lines += ["## 4. `model.init` at ViT-B (videomae, 16x224², trained through `train_loop`)", "",
                   report["init_setup"], ""]
         lines += md_table("| init | seed | steps | loss first -> last | motion probe | floor | gain |", [
             f"| {r['init']} | {r['seed']} | {r['steps']} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} | "
@@ -309,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_check"))
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny models on CPU, one step each")
     parser.add_argument("--deadline", type=float, default=420, help="seconds after which sections are skipped")
-    parser.add_argument("--sections", default="first_steps,speed,init")
+    parser.add_argument("--sections", default="first_steps,speed,scale,init")
     parser.add_argument("--batch", type=int, default=16, help="speed section batch")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per speed row")
     parser.add_argument("--train-clips", type=int, default=1536)
@@ -343,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
                             "floor = the same encoder before training.")
     sections = {"first_steps": lambda: first_steps(device, smoke),
                 "speed": lambda: speed(device, smoke, args.batch, args.steps),
+                "scale": lambda: scale(device, smoke, args.batch, args.steps),
                 "init": lambda: init_check(device, smoke, args, work, out)}
     for name in args.sections.split(","):
         if time.time() - started > args.deadline:

@@ -37,10 +37,10 @@ def fake_batch(config, batch: int, device) -> dict[str, torch.Tensor]:
 
 
 def timed_steps(method: Method, batch: dict, device: torch.device, dtype: torch.dtype, steps: int,
-                warmup: int = 2) -> tuple[list[float], torch.Tensor]:
+                warmup: int = 2, train: TrainConfig | None = None) -> tuple[list[float], torch.Tensor]:
     """`warmup` + `steps` AdamW steps on one batch (EMA hook included): the seconds of each timed
-    step and the last loss."""
-    optimizer = make_optimizer(param_groups(method, 0.05), 1e-4, TrainConfig(), device)  # the loop's AdamW
+    step and the last loss. The loop's AdamW for `train` (its strategy picks the update kernel)."""
+    optimizer = make_optimizer(param_groups(method, 0.05), 1e-4, train or TrainConfig())
     timings, loss = [], torch.tensor(float("nan"))
     for step in range(warmup + steps):
         if device.type == "cuda":

@@ -2,6 +2,7 @@
 against PyTorch's counter."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
-from gpu_check import PRETRAIN, smoke_overrides, step_flops  # noqa: E402
+from gpu_check import PRETRAIN, SCALE_VARIANTS, smoke_overrides, step_flops  # noqa: E402
 from pretrain_speed import fake_batch  # noqa: E402
 
 from cmae.config import load_config  # noqa: E402
@@ -30,20 +31,27 @@ def test_gpu_check_cpu_smoke_runs_every_preset(tmp_path):
     assert [row["preset"] for row in report["speed"]] == ["videomae_vit_b_k400", "cmae_v_vit_b_k400", "vic_mae_vit_b_k400"]
     assert [(row["init"], row["steps"]) for row in report["init"]] == [("xavier", 4), ("normal", 4)]
     assert all(0 <= row[key] <= 100 for row in report["init"] for key in ("trained", "floor"))
+    variants = [(row["preset"], row["variant"]) for row in report["scale"]]
+    assert variants[:5] == [("videomae_vit_b_k400", label) for label, *_ in SCALE_VARIANTS]
+    assert variants[5:] == [(preset, label) for preset in ("cmae_v_vit_b_k400", "vic_mae_vit_b_k400")
+                            for label in ("eager", "train.grad_checkpointing")]
+    assert all(math.isfinite(row["loss"]) for row in report["scale"])
     markdown = (tmp_path / "gpu_check.md").read_text()
-    assert "## 1." in markdown and "## 2." in markdown and "## 3." in markdown and "Skipped (deadline): none" in markdown
+    assert all(f"## {n}." in markdown for n in range(1, 5)) and "Skipped (deadline): none" in markdown
 
 
 # The analytic count leaves out norms, softmax and the heads; measured gaps on these shapes:
-# videomae -3 %, cmae_v +1 %, vic_mae -14 %.
-@pytest.mark.parametrize("preset,tolerance", [("videomae_vit_b_k400", 0.05), ("cmae_v_vit_b_k400", 0.05),
-                                              ("vic_mae_vit_b_k400", 0.2)])
-def test_step_flops_close_to_flop_counter(preset, tolerance):
+# videomae +4 % (+3 % with decoder masking), cmae_v +4 %, vic_mae -17 % (its projector, large
+# next to a 16-token encoder here, is not counted).
+@pytest.mark.parametrize("preset,tolerance,extra", [
+    ("videomae_vit_b_k400", 0.06, []), ("videomae_vit_b_k400", 0.06, ["method.decoder_mask_ratio=0.5"]),
+    ("cmae_v_vit_b_k400", 0.06, []), ("vic_mae_vit_b_k400", 0.2, [])])
+def test_step_flops_close_to_flop_counter(preset, tolerance, extra):
     config = load_config(PRETRAIN / f"{preset}.yaml")
     frames = ["data.num_frames=8"] if config.data.num_frames > 1 else []
     config = load_config(PRETRAIN / f"{preset}.yaml", [*smoke_overrides(config), *frames, "model.name=vit_tiny",
                                                        "data.image_size=64", "model.decoder_dim=96",
-                                                       "model.decoder_depth=2", "model.decoder_heads=3"])
+                                                       "model.decoder_depth=2", "model.decoder_heads=3", *extra])
     torch.manual_seed(0)
     method = build_method(config)
     with FlopCounterMode(display=False) as counter:

@@ -37,7 +37,14 @@ from cmae.distributed import (
     init_distributed,
 )
 from cmae.engine.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
-from cmae.engine.parallel import enable_grad_checkpointing, full_state, gradient_sync, load_full_state, wrap_method
+from cmae.engine.parallel import (
+    compile_model,
+    enable_grad_checkpointing,
+    full_state,
+    gradient_sync,
+    load_full_state,
+    wrap_method,
+)
 from cmae.engine.runtime import (
     MetricsLog,
     autocast,
@@ -226,15 +233,8 @@ def start_run(config: Config, output: Path, make_job: Callable[[torch.device], J
         enable_grad_checkpointing(job.method)
     model, groups = wrap_method(job.method, job.groups, train.strategy, device, dtype, dist_info)
     if train.compile:
-        from torch._inductor import config as inductor
-
-        # Masks and drop path draw the same numbers compiled as eager (inductor's own generator
-        # would not), so a seeded run, and a resume with compilation switched, are the same run.
-        inductor.fallback_random = True
-        # in place, after wrapping (as DDP and FSDP2 advise): unlike `torch.compile(module)` it adds
-        # no `_orig_mod.` prefix, and checkpoints hold the unwrapped method's state anyway
-        model.compile()
-    optimizer = make_optimizer(groups, lr_peak, train, device)
+        compile_model(model)
+    optimizer = make_optimizer(groups, lr_peak, train)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     output.mkdir(parents=True, exist_ok=True)
     return Run(config, output, job, device, dtype, dist_info, loader, optimizer, scaler, model,
@@ -244,7 +244,7 @@ def start_run(config: Config, output: Path, make_job: Callable[[torch.device], J
                nonfinite=torch.zeros((), device=device))
 
 
-def make_optimizer(groups: list[dict], lr: float, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(groups: list[dict], lr: float, train: TrainConfig) -> torch.optim.AdamW:
     """AdamW with torch's fused kernel (one pass over all parameters, on CPU as on CUDA: 2x the
     per-parameter loop here); FSDP2's sharded parameters take the multi-tensor (foreach) update."""
     fast = {"foreach": True} if train.strategy == "fsdp" else {"fused": True}

@@ -2,6 +2,7 @@
 checkpoints that read the same either way.
 
     enable_grad_checkpointing   recompute every block's activations in backward
+    compile_model    torch.compile in place, drawing eager's random numbers
     wrap_method      DDP, or FSDP2's `fully_shard` per transformer block and at the root
     gradient_sync    skip the gradient reduction on all but the last micro-batch
     full_state / load_full_state
@@ -36,6 +37,18 @@ def enable_grad_checkpointing(method: nn.Module) -> None:
             module.grad_checkpointing = True
 
 
+def compile_model(model: nn.Module) -> None:
+    """`torch.compile` the forward in place (after wrapping, as DDP and FSDP2 advise): unlike
+    `torch.compile(module)` it adds no `_orig_mod.` prefix, and checkpoints hold the unwrapped
+    method's state anyway. Masks and drop path draw the same numbers compiled as eager
+    (inductor's own generator would not), so a seeded run, and a resume with compilation
+    switched on or off, is the same run."""
+    from torch._inductor import config as inductor
+
+    inductor.fallback_random = True
+    model.compile()
+
+
 def wrap_method(method: nn.Module, groups: list[dict], strategy: str, device: torch.device, dtype: torch.dtype,
                 dist_info: DistInfo) -> tuple[nn.Module, list[dict]]:
     """(the module the loop calls, the optimiser's parameter groups for it): the method itself
@@ -45,12 +58,20 @@ def wrap_method(method: nn.Module, groups: list[dict], strategy: str, device: to
         return method, groups
     if strategy == "ddp":
         return DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None), groups
+    name_of = {id(p): name for name, p in method.named_parameters()}
+    shard_method(method, dtype)
+    sharded = dict(method.named_parameters())
+    return method, [{**group, "params": [sharded[name_of[id(p)]] for p in group["params"]]} for group in groups]
+
+
+def shard_method(method: nn.Module, dtype: torch.dtype) -> None:
+    """FSDP2 in place: every rank starts from rank 0's weights (ranks built their methods from
+    different seeds; DDP broadcasts the same way), then each transformer block, and the rest
+    at the root, is sharded over the default process group."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    # Ranks built their methods from different seeds: start all from rank 0's, as DDP does.
     for tensor in method.state_dict().values():
         torch.distributed.broadcast(tensor, src=0)
-    name_of = {id(p): name for name, p in method.named_parameters()}
     # bf16 weights in forward/backward under bf16 training; gradients are reduced in fp32
     # (torchtitan's default: a bf16 sum over many ranks loses low bits of small gradients).
     policy = MixedPrecisionPolicy(param_dtype=dtype if dtype != torch.float32 else None, reduce_dtype=torch.float32)
@@ -58,8 +79,6 @@ def wrap_method(method: nn.Module, groups: list[dict], strategy: str, device: to
         if isinstance(module, SHARDED_UNITS):
             fully_shard(module, mp_policy=policy)
     fully_shard(method, mp_policy=policy)
-    sharded = dict(method.named_parameters())
-    return method, [{**group, "params": [sharded[name_of[id(p)]] for p in group["params"]]} for group in groups]
 
 
 def is_sharded(model: nn.Module) -> bool:
