@@ -4,6 +4,8 @@ ms per step and clips per second, optionally compared with a saved reference in 
     python benchmarks/pretrain_speed.py                       # demo presets, batch 32, CPU
     python benchmarks/pretrain_speed.py --save ref.json       # keep these numbers
     python benchmarks/pretrain_speed.py --compare ref.json    # ratio against them
+    git worktree add /tmp/ref 80a1167                         # the code before issue 14
+    python benchmarks/pretrain_speed.py --baseline-tree /tmp/ref --rounds 3
     python benchmarks/pretrain_speed.py model.name=vit_base data.image_size=224 data.num_frames=16 --batch 8
 """
 
@@ -11,6 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +77,29 @@ def measure(preset: Path, batch: int, steps: int, overrides: list[str]) -> dict[
     return {"ms_per_step": ms, "clips_per_s": batch / ms * 1000}
 
 
+def measure_tree(tree: Path, name: str, args) -> float:
+    """ms per step of `name`, measured by `tree`'s own copy of this script on `tree`'s code, in a
+    fresh process (a long-lived process slows down here as it runs, which would favour the first)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "speed.json"
+        subprocess.run([sys.executable, str(tree / "benchmarks" / "pretrain_speed.py"), "--methods", name,
+                        "--batch", str(args.batch), "--steps", str(args.steps), "--save", str(out), *args.overrides],
+                       check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(tree / "src")})
+        return json.loads(out.read_text())[name]["ms_per_step"]
+
+
+def compare_trees(args) -> None:
+    """This tree against `--baseline-tree`, taking turns per method and round; the median ratio."""
+    here, baseline = Path(__file__).resolve().parents[1], Path(args.baseline_tree).resolve()
+    print(f"{'method':<10} {'baseline ms':>12} {'this ms':>9} {'speed-up':>9}   (median of {args.rounds} rounds)")
+    for name in args.methods.split(","):
+        pairs = [(measure_tree(baseline, name, args), measure_tree(here, name, args)) for _ in range(args.rounds)]
+        old, new = (statistics.median(p[i] for p in pairs) for i in (0, 1))
+        ratio = statistics.median(a / b for a, b in pairs)
+        print(f"{name:<10} {old:>12.1f} {new:>9.1f} {ratio:>8.2f}x   rounds: "
+              + ", ".join(f"{a / b:.2f}" for a, b in pairs), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="videomae,cmae_v,vic_mae,mae")
@@ -77,8 +107,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--save", help="write the results to this JSON file")
     parser.add_argument("--compare", help="a JSON file from --save to compare against")
+    parser.add_argument("--baseline-tree", help="a checkout of other code (git worktree): measure both, in turns")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per method with --baseline-tree")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
+    if args.baseline_tree:
+        compare_trees(args)
+        return
     reference = json.loads(Path(args.compare).read_text()) if args.compare else {}
     results = {}
     print(f"{'method':<10} {'ms/step':>9} {'clips/s':>9}" + (f" {'vs ref':>8}" if reference else ""))
