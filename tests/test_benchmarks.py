@@ -34,7 +34,7 @@ def test_gpu_check_cpu_smoke_runs_every_preset(tmp_path):
     variants = [(row["preset"], row["variant"]) for row in report["scale"]]
     assert variants[:5] == [("videomae_vit_b_k400", label) for label, *_ in SCALE_VARIANTS]
     assert variants[5:] == [(preset, label) for preset in ("cmae_v_vit_b_k400", "vic_mae_vit_b_k400")
-                            for label in ("eager", "train.grad_checkpointing")]
+                            for label in ("eager", "train.grad_checkpointing", "train.strategy=fsdp (1 process)")]
     assert all(math.isfinite(row["loss"]) for row in report["scale"])
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert all(f"## {n}." in markdown for n in range(1, 5)) and "Skipped (deadline): none" in markdown

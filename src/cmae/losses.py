@@ -15,8 +15,8 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, masked: torch.
     tokens were passed. Each token's error is the mean over its P values; the loss is the
     mean over all masked tokens of the batch, so visible tokens' predictions get no gradient.
     """
-    if masked is None:
-        return F.mse_loss(pred, target)  # every token has P values: the mean of the token means
+    if masked is None:  # every token has P values: the mean of the token means
+        return F.mse_loss(pred, target) if pred.numel() else pred.sum()  # nothing masked: 0, not NaN
     per_token = (pred - target).pow(2).mean(dim=-1)
     weights = masked.to(per_token.dtype)
     return (per_token * weights).sum() / weights.sum().clamp(min=1.0)

@@ -1,11 +1,15 @@
 """train.strategy=fsdp against DDP (two real gloo processes), train.compile and
 train.grad_checkpointing through the real loop, and checkpoints that read the same either way."""
 
+import math
+
 import pytest
 import torch
 
-from cmae.config import load_config
+from cmae.config import TrainConfig, load_config
 from cmae.engine.evaluate import frozen_evaluation
+from cmae.engine.loop import make_optimizer
+from cmae.engine.parallel import load_full_state
 from cmae.engine.pretrain import pretrain
 from cmae.engine.runtime import read_metrics
 from tests.helpers import tiny_overrides, torchrun_pretrain
@@ -44,14 +48,36 @@ def test_an_fsdp_checkpoint_resumes_under_ddp_and_is_read_by_linprobe(synth_dir,
     torchrun_pretrain(preset, tmp_path / "ddp", overrides)
     torchrun_pretrain(preset, tmp_path / "fsdp", [*overrides, "train.strategy=fsdp"])
     torchrun_pretrain(preset, tmp_path / "resumed", overrides, "--resume", str(tmp_path / "fsdp" / "checkpoint-0001.pt"))
+    torchrun_pretrain(preset, tmp_path / "into_fsdp", [*overrides, "train.strategy=fsdp"],
+                      "--resume", str(tmp_path / "ddp" / "checkpoint-0001.pt"))
     assert losses(tmp_path / "fsdp") == pytest.approx(losses(tmp_path / "ddp"), rel=1e-5)
-    assert losses(tmp_path / "resumed") == pytest.approx(losses(tmp_path / "ddp")[2:], rel=1e-5)  # epoch 2
-    assert_same_weights(tmp_path / "ddp" / "checkpoint-last.pt", tmp_path / "resumed" / "checkpoint-last.pt")
+    for resumed in ("resumed", "into_fsdp"):  # FSDP -> DDP and DDP -> FSDP continue the run: epoch 2
+        assert losses(tmp_path / resumed) == pytest.approx(losses(tmp_path / "ddp")[2:], rel=1e-5)
+        assert_same_weights(tmp_path / "ddp" / "checkpoint-last.pt", tmp_path / resumed / "checkpoint-last.pt",
+                            atol=1e-4)
     state = torch.load(tmp_path / "fsdp" / "checkpoint-last.pt", weights_only=True)
     assert state["optimizer"]["state"].keys() == set(range(len(state["optimizer"]["state"])))  # torch's layout
     summary = frozen_evaluation("linprobe", tmp_path / "fsdp" / "checkpoint-last.pt", tmp_path / "lp", overrides=[
         f"data.train={synth_dir / 'train.txt'}", f"data.val={synth_dir / 'val.txt'}", "eval.probe_epochs=2"])
     assert 0.0 <= summary["top1"] <= 100.0
+
+
+def test_fsdp_under_bf16_with_batchnorm_heads(synth_dir, tmp_path):
+    """The heads' BatchNorm keeps fp32 weights next to its fp32 statistics; blocks gather in bf16."""
+    overrides = tiny_overrides(synth_dir, **{**SHORT, "train.epochs": 1, "train.precision": "bf16"})
+    torchrun_pretrain("configs/demo/cmae_v.yaml", tmp_path / "bf16", [*overrides, "train.strategy=fsdp"])
+    assert all(math.isfinite(loss) for loss in losses(tmp_path / "bf16"))
+
+
+def test_a_resumed_optimiser_keeps_this_runs_update_kernel():
+    layer = torch.nn.Linear(3, 2)
+    old = torch.optim.AdamW(layer.parameters())  # a checkpoint written with the per-parameter loop
+    layer(torch.randn(4, 3)).sum().backward()
+    old.step()
+    new = make_optimizer([{"params": list(layer.parameters())}], 1e-3, TrainConfig())
+    load_full_state(layer, layer, new, layer.state_dict(), old.state_dict())
+    assert new.param_groups[0]["fused"] is True and torch.equal(new.state[layer.weight]["exp_avg"],
+                                                                old.state[layer.weight]["exp_avg"])
 
 
 def test_compiled_runs_keep_plain_names_and_resume_with_or_without_compilation(synth_dir, tmp_path):

@@ -40,6 +40,12 @@ def test_reconstruction_gradient_reaches_encoder_and_decoder():
         assert param.grad is not None, name
 
 
+def test_nothing_masked_gives_a_zero_loss_not_nan():
+    method = build_method(load_config("configs/demo/videomae.yaml", TINY + ["method.mask_ratio=0"]))
+    out = method({"video": torch.randn(2, 3, 4, 32, 32)})
+    assert out.loss.item() == 0.0
+
+
 def test_decoder_masking_scores_only_the_decoded_share_of_the_masked_tokens():
     """VideoMAE V2's dual masking: a masked token the decoder drops has no part in the loss."""
     torch.manual_seed(0)

@@ -121,12 +121,14 @@ def multiview_accuracy(classifier: Classifier, dataset, config: Config, device: 
 
 def finetune_train_config(config: Config) -> TrainConfig:
     """The `finetune` section as the loop's TrainConfig: its schedule fields, the rest (device,
-    seed, precision, logging) from `train`."""
+    seed, precision, logging) from `train`. Fine-tuning replicates the model (DDP) whatever
+    `train.strategy` says: its test pass runs the classifier outside the sharded forward."""
     schedule = {f.name: getattr(config.finetune, f.name) for f in dataclasses.fields(ScheduleConfig)}
     schedule["betas"] = list(schedule["betas"])  # a copy: the loop must not alias the config's list
     return dataclasses.replace(
         config.train, **schedule, lr=0.0,
         accum_steps=1, keep_every=0, max_steps_per_epoch=0,  # a pre-training smoke run's cap is not inherited
+        strategy="ddp",
     )
 
 

@@ -285,14 +285,14 @@ def train_one_epoch(run: Run, epoch: int) -> None:
         run.optimizer.zero_grad(set_to_none=True)
         run.step += 1
         method.after_step(run.step, run.total_steps)
-        # the only host syncs and collectives of a step, every log_every steps
+        # the loop's only host syncs and collectives, every log_every steps (beyond what the
+        # strategy does: DDP / FSDP reductions, clipping's norm under FSDP, fp16's scaler)
         if run.step % train.log_every == 0 or run.step == run.total_steps or index == run.steps_per_epoch - 1:
             check_finite(run, epoch)
             run.failures.check()
             log_step(run, sums, epoch, lr, bar)
         bar.update(1)
     bar.close()
-    check_finite(run, epoch)
     run.failures.check(final=True)
     if run.dist_info.is_main:
         print(f"epoch {epoch + 1}/{train.epochs}  step {run.step}  "

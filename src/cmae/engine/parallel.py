@@ -72,13 +72,15 @@ def shard_method(method: nn.Module, dtype: torch.dtype) -> None:
 
     for tensor in method.state_dict().values():
         torch.distributed.broadcast(tensor, src=0)
-    # bf16 weights in forward/backward under bf16 training; gradients are reduced in fp32
-    # (torchtitan's default: a bf16 sum over many ranks loses low bits of small gradients).
-    policy = MixedPrecisionPolicy(param_dtype=dtype if dtype != torch.float32 else None, reduce_dtype=torch.float32)
+    # The blocks (nearly all the weights) are gathered in bf16 under bf16 training; gradients
+    # are reduced in fp32 (torchtitan's default: a bf16 sum over many ranks loses low bits).
+    blocks = MixedPrecisionPolicy(param_dtype=dtype if dtype != torch.float32 else None, reduce_dtype=torch.float32)
     for module in method.modules():
         if isinstance(module, SHARDED_UNITS):
-            fully_shard(module, mp_policy=policy)
-    fully_shard(method, mp_policy=policy)
+            fully_shard(module, mp_policy=blocks)
+    # The root keeps fp32 weights and inputs, as DDP under autocast: BatchNorm heads need their
+    # weights in their fp32 statistics' dtype, and targets come from the fp32 pixels.
+    fully_shard(method, mp_policy=MixedPrecisionPolicy(reduce_dtype=torch.float32, cast_forward_inputs=False))
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -129,7 +131,16 @@ def full_state(model: nn.Module, method: nn.Module, optimizer: torch.optim.Optim
 
 def load_full_state(model: nn.Module, method: nn.Module, optimizer: torch.optim.Optimizer,
                     weights: dict[str, Any], optimizer_state: dict[str, Any]) -> None:
-    """Inverse of `full_state`: every rank loads the full dicts (each its own shard under FSDP)."""
+    """Inverse of `full_state`: every rank loads the full dicts (each its own shard under FSDP).
+    The optimiser keeps the update kernel this run chose (a saved state would bring its own)."""
+    kernels = [{key: group[key] for key in ("fused", "foreach")} for group in optimizer.param_groups]
+    _load_full_state(model, method, optimizer, weights, optimizer_state)
+    for group, kernel in zip(optimizer.param_groups, kernels, strict=True):
+        group.update(kernel)
+
+
+def _load_full_state(model: nn.Module, method: nn.Module, optimizer: torch.optim.Optimizer,
+                     weights: dict[str, Any], optimizer_state: dict[str, Any]) -> None:
     if not is_sharded(model):
         method.load_state_dict(weights)
         optimizer.load_state_dict(optimizer_state)

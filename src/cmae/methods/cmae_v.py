@@ -83,7 +83,7 @@ class CMAEV(VideoMAE):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
         self.require_views(batch)
-        rec = self.reconstruct(batch["video"], decoder_masking=True)
+        rec = self.reconstruct(batch["video"], decoder_masking=self.training)
         query = self.predictor(self.projector(self.online_feature(rec)))
         key = self.target_embedding(batch["target"])
         loss_con = self.con_scale * global_info_nce(query, key, self.temperature)

@@ -41,9 +41,9 @@ class TwoViewMAE(MAE):
         """-> (reconstruction loss, encoder tokens of view 1, of view 2), each view masked on its own."""
         b = view1.shape[0]
         if self.rec_views == "both":  # one pass over both views: 2B independent random masks
-            rec = self.reconstruct(torch.cat([view1, view2]), decoder_masking=True)
+            rec = self.reconstruct(torch.cat([view1, view2]), decoder_masking=self.training)
             return rec.loss, rec.latent[:b], rec.latent[b:]
-        rec = self.reconstruct(view1, decoder_masking=True)
+        rec = self.reconstruct(view1, decoder_masking=self.training)
         return rec.loss, rec.latent, self.encoder(view2, self.make_mask(view2).visible)
 
     def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, (1+)K, D] -> [B, D']

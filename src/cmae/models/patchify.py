@@ -108,11 +108,11 @@ def normalized_targets(clip: torch.Tensor, patch: int, tubelet: int, mode: str, 
         mean, var = _mean_and_var(x, dim=-1)
         x = (x - mean) / (var + eps).sqrt()
     elif mode == "channel":
-        mean, var = _mean_and_var(x.view(b, n, channels, -1), dim=-1)
-        x = (x.view(b, n, channels, -1) - mean) / (var.sqrt() + eps)
+        mean, var = _mean_and_var(x.view(b, n, channels, p // channels), dim=-1)
+        x = (x.view(b, n, channels, p // channels) - mean) / (var.sqrt() + eps)
     elif mode != "none":
         reject_choice("normalised-pixel mode", mode, ("patch", "channel", "none"))
-    return x.reshape(b, n, channels, -1).transpose(-1, -2).reshape(b, n, p)
+    return x.reshape(b, n, channels, p // channels).transpose(-1, -2).reshape(b, n, p)
 
 
 def _mean_and_var(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

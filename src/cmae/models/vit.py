@@ -5,8 +5,8 @@ embedding is a Conv3d with kernel (tubelet, patch, patch), so a tubelet of 1 giv
 image-style 2D patches and a tubelet of 2 gives VideoMAE's cubes. A clip shorter than
 the tubelet (an image fed to a video encoder) is repeated along time to fill it.
 
-Given the indices of the visible tokens, the encoder embeds every patch but runs the
-transformer only on the visible ones (MAE's asymmetric encoder).
+Given the indices of the visible tokens, the encoder embeds and runs the transformer on
+the visible ones only (MAE's asymmetric encoder).
 """
 
 from __future__ import annotations
