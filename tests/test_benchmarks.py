@@ -22,7 +22,8 @@ from cmae.methods import build_method  # noqa: E402
 
 
 def test_gpu_check_cpu_smoke_runs_every_preset(tmp_path):
-    subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--cpu-smoke", "--out", str(tmp_path)],
+    subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--cpu-smoke", "--out", str(tmp_path),
+                    "--sections", "first_steps,speed,scale,init"],
                    check=True, env={**os.environ, "TMPDIR": str(tmp_path)})
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     presets = sorted(path.stem for path in PRETRAIN.glob("*.yaml"))
