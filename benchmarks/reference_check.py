@@ -34,14 +34,12 @@ import torch
 from torch import nn
 
 from cmae.config import Config, load_config
-from cmae.data.dataset import VideoDataset
 from cmae.data.synth import SynthSpec
-from cmae.data.views import build_view
 from cmae.demo import DEMO_EPOCHS, PRESETS, PROBE, _has_dataset
 from cmae.engine.checkpoint import save_checkpoint
 from cmae.engine.evaluate import frozen_evaluation
 from cmae.engine.loop import Job, train_loop
-from cmae.engine.pretrain import training_samples
+from cmae.engine.pretrain import training_dataset
 from cmae.engine.schedule import param_groups
 from cmae.interop import videomae_from_hf
 from cmae.masking import make_mask
@@ -227,9 +225,7 @@ def run_row(row: Row, seed: int, data: Path, output: Path, epochs: int, common: 
         method = build(row, config).to(device)  # built after the loop seeded the run: the floor is its start
         write_checkpoint(out / "checkpoint-init.pt", method, probe_cfg)
         built.append(method)
-        dataset = VideoDataset(training_samples(config), build_view(config.data, train=True),
-                               backend=config.data.decoder, cache_decoded=config.data.cache_decoded)
-        return Job(method, dataset, param_groups(method, config.train.weight_decay), config.train)
+        return Job(method, training_dataset(config), param_groups(method, config.train.weight_decay), config.train)
 
     started = time.time()
     summary = train_loop(config, out, make_job)

@@ -58,3 +58,16 @@ def test_step_flops_close_to_flop_counter(preset, tolerance, extra):
     with FlopCounterMode(display=False) as counter:
         method(fake_batch(config, 2, "cpu")).loss.backward()
     assert step_flops(config) * 2 == pytest.approx(counter.get_total_flops(), rel=tolerance)
+
+
+def test_loader_benchmark_prints_loader_and_model_rates(synth_dir):
+    from tests.helpers import tiny_overrides
+
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "loader.py"), "--config", "configs/demo/cmae_v.yaml",
+                             "--repeat", "1", "2", "--batches", "2", "--steps", "1", *tiny_overrides(synth_dir)],
+                            capture_output=True, text=True, check=True)
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "x |" in line]
+    assert [row[0].strip() for row in rows] == ["1", "2"]
+    for _, loader, model, ratio in rows:
+        assert float(loader) > 0 and float(model) > 0
+        assert float(ratio.strip().rstrip("x")) == pytest.approx(float(loader) / float(model), rel=0.02)

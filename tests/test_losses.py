@@ -135,3 +135,40 @@ def test_cross_view_info_nce_by_hand():
 def test_cross_view_info_nce_two_processes_match_one():
     torch.manual_seed(0)
     assert_sharded_matches_whole(sharded_cross_view_info_nce, [torch.randn(6, 8), torch.randn(6, 8)])
+
+
+def without_same_video(loss_of_row, ids: list[int]) -> float:
+    """Mean over queries i of `loss_of_row(i, kept)`, kept = candidates j from other videos, plus i itself."""
+    rows = [loss_of_row(i, [j for j in range(len(ids)) if ids[j] != ids[i] or j == i]) for i in range(len(ids))]
+    return sum(rows) / len(rows)
+
+
+def test_repeats_of_one_video_are_not_negatives_of_each_other():
+    torch.manual_seed(0)
+    ids = [0, 0, 1, 2, 2, 2]  # data.repeat: samples of one video side by side
+    query, keys = torch.randn(6, 8), torch.randn(6, 8)
+
+    def row(i, kept):
+        return info_nce(query[i : i + 1], keys[kept], 0.2, torch.tensor([kept.index(i)])).item()
+
+    expected = without_same_video(row, ids)
+    assert math.isclose(global_info_nce(query, keys, 0.2, torch.tensor(ids)).item(), expected, rel_tol=1e-6)
+    assert global_info_nce(query, keys, 0.2).item() > expected  # more negatives without the ids
+
+    def cross_row(i, kept):  # both directions, each over the other view's candidates
+        return row(i, kept) + info_nce(keys[i : i + 1], query[kept], 0.2, torch.tensor([kept.index(i)])).item()
+
+    cross = cross_view_info_nce(query, keys, 0.2, torch.tensor(ids)).item()
+    assert math.isclose(cross, without_same_video(cross_row, ids), rel_tol=1e-6)
+
+
+def sharded_symmetric_info_nce_with_ids(z1, z2, ids):
+    return symmetric_info_nce(z1, z2, 0.2, ids.detach())
+
+
+def test_symmetric_info_nce_with_repeats_two_processes_match_one():
+    torch.manual_seed(0)
+    ids = torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 3.0])  # one repeated video on each rank's half
+    z1, z2 = torch.randn(6, 8), torch.randn(6, 8)
+    assert_sharded_matches_whole(sharded_symmetric_info_nce_with_ids, [z1, z2, ids])
+    assert symmetric_info_nce(z1, z2, 0.2, ids).item() < symmetric_info_nce(z1, z2, 0.2).item()

@@ -8,6 +8,7 @@ import sys
 import time
 
 from cmae.config import ConfigError, InputError, load_config
+from cmae.engine.checkpoint import CheckpointWriteError
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -27,7 +28,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from cmae.engine.pretrain import pretrain
 
     config = load_config(args.config, args.overrides)
-    summary = pretrain(config, args.output, resume=args.resume)
+    summary = pretrain(config, args.output, resume=args.resume, resume_override=args.resume_override)
     if "last" in summary:
         print(json.dumps({k: summary[k] for k in ("steps", "seconds", "first", "last")}, indent=2))
 
@@ -92,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre = commands.add_parser("pretrain", help="self-supervised pre-training")
     pre.add_argument("--config", required=True, help="YAML preset, e.g. configs/demo/videomae.yaml")
     pre.add_argument("--output", required=True, help="run folder")
-    pre.add_argument("--resume", help="checkpoint to continue from (e.g. RUN/checkpoint-last.pt)")
+    pre.add_argument("--resume", help="checkpoint to continue from (e.g. RUN/checkpoint-last.pt), or 'auto': "
+                     "the output folder's checkpoint-last.pt if there is one, else a fresh start (safe in job scripts)")
+    pre.add_argument("--resume-override", action="store_true",
+                     help="resume even if the config changes the model (model.*, method.*, input size)")
     pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
     pre.set_defaults(func=cmd_pretrain)
 
@@ -143,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, InputError, FileNotFoundError) as error:
         print(f"cmae {args.command}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except CheckpointWriteError as error:
+        print(f"cmae {args.command}: error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

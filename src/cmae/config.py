@@ -55,6 +55,11 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     decoder: Literal["auto", "torchcodec", "pyav"] = "auto"
     num_workers: int = 2
+    prefetch_factor: int = 2  # batches each worker loads ahead (with num_workers > 0)
+    # draw this many samples from each video in one decoding pass, each with its own temporal position,
+    # augmentation and mask (mae_st's repeat_aug, VideoMAE V2's num_sample); an epoch holds repeat x videos
+    repeat: int = 1
+    decode_device: Literal["cpu", "cuda"] = "cpu"  # cuda: torchcodec's NVDEC decoding (needs torchcodec and a GPU)
     cache_decoded: bool = False  # keep every decoded training video in memory (small sets of short clips)
     max_failed_fraction: float = 0.05  # stop the run when more of the decoded files than this are corrupt
     # views=temporal_shift (CMAE-V): target clip = online clip shifted by delta ~ U{0..max_shift} frames
@@ -149,6 +154,9 @@ class TrainConfig(ScheduleConfig):
     log_every: int = 10  # steps between metrics.jsonl lines
     save_every: int = 1  # epochs between checkpoint-last.pt writes (the last epoch is always saved)
     keep_every: int = 0  # also keep checkpoint-NNNN.pt every this many epochs; 0: only the last
+    save_every_steps: int = 0  # also write checkpoint-last.pt every this many steps, mid-epoch (0: epoch ends only)
+    keep_checkpoints: int = 0  # also keep the last N checkpoints written, as checkpoint-stepNNNNNNN.pt
+    tensorboard: bool = True  # TensorBoard event files next to metrics.jsonl (the same scalars)
     max_steps_per_epoch: int = 0  # 0: the whole data set each epoch (a cap is for smoke runs)
     compile: bool = False  # torch.compile the method's forward (checkpoints keep plain parameter names)
     grad_checkpointing: bool = False  # recompute each transformer block in backward: less memory, ~1/3 more compute
@@ -236,13 +244,15 @@ _RULES: dict[str, tuple[Any, str]] = {
         "data.num_frames", "data.sampling_rate", "data.image_size", "model.tubelet_size", "model.decoder_dim",
         "model.decoder_heads", "method.proj_hidden", "method.proj_dim", "method.pred_hidden", "method.temperature",
         "train.epochs", "train.batch_size", "train.accum_steps", "train.log_every", "train.save_every",
+        "data.repeat", "data.prefetch_factor",
         "eval.clips", "eval.crops", "eval.batch_size", "eval.probe_epochs", "eval.probe_batch_size",
         "eval.knn_k", "eval.knn_temperature", "finetune.epochs", "finetune.batch_size")},
     **{key: (_non_negative, ">= 0") for key in (
         "data.num_workers", "data.max_shift", "data.pixel_shift", "data.frame_gap", "model.patch_size",
         "model.decoder_depth", "method.con_weight", "method.con_start_epoch", "train.base_lr", "train.lr",
         "train.min_lr", "train.warmup_epochs", "train.weight_decay", "train.clip_grad", "train.keep_every",
-        "train.max_steps_per_epoch", "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay",
+        "train.max_steps_per_epoch", "train.save_every_steps", "train.keep_checkpoints",
+        "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay",
         "finetune.base_lr", "finetune.min_lr", "finetune.warmup_epochs", "finetune.weight_decay",
         "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad")},
     **{key: (_fraction, "in [0, 1)") for key in (

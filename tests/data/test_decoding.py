@@ -218,3 +218,15 @@ def test_images(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DecodeError, match="bad.png"):
         load_image(tmp_path / "bad.png")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a GPU")
+def test_cuda_decoding_without_a_gpu_is_refused_at_start(synth_dir, tmp_path):
+    from cmae.config import ConfigError, load_config
+    from cmae.engine.pretrain import pretrain
+    from tests.helpers import tiny_overrides
+
+    config = load_config("configs/demo/videomae.yaml", tiny_overrides(synth_dir, **{"data.decode_device": "cuda"}))
+    with pytest.raises(ConfigError, match="data.decode_device=cuda needs a CUDA GPU"):
+        pretrain(config, tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from cmae.data.decoding import DecodeError, is_image, load_image, open_video
 from cmae.data.lists import Sample, read_samples
+from cmae.data.views import TrainView, render_views
 
 # Consecutive undecodable files after which a sample gives up: the data set is broken, not noisy.
 MAX_CONSECUTIVE_FAILURES = 32
@@ -35,9 +36,9 @@ class ImageSource:
         pass
 
 
-def open_source(path: Path, backend: str = "auto"):
+def open_source(path: Path, backend: str = "auto", device: str = "cpu"):
     """A video reader, or an `ImageSource` for image files."""
-    return ImageSource(path) if is_image(path) else open_video(path, backend)
+    return ImageSource(path) if is_image(path) else open_video(path, backend, device)
 
 
 class DecodedVideo:
@@ -64,6 +65,10 @@ class VideoDataset(Dataset):
     With `cache_decoded`, each video is decoded whole on first use and kept in memory
     (per process: every data-loader worker holds its own copy), so later epochs skip the
     decoder; for small data sets of short clips, such as the demo's.
+
+    With `repeat` k > 1 an item is a list of k samples of one video (`views.render_views`):
+    each draws its own temporal position, crop, flip and colour, and the frames all k need
+    are decoded in one pass. `decodes` counts the videos this process opened.
     """
 
     def __init__(
@@ -72,31 +77,43 @@ class VideoDataset(Dataset):
         view: Callable[..., dict[str, torch.Tensor]],
         backend: str = "auto",
         cache_decoded: bool = False,
+        repeat: int = 1,
+        device: str = "cpu",
     ):
         self.samples = list(read_samples(samples) if isinstance(samples, (str, Path)) else samples)
         self.view = view
-        self.backend = backend
+        self.backend, self.device = backend, device
         self.cache: dict[Path, DecodedVideo | ImageSource] | None = {} if cache_decoded else None
+        if repeat > 1 and not isinstance(view, TrainView):
+            raise TypeError(f"repeat={repeat} needs a view with plan/render (a TrainView), got {view!r}")
+        self.repeat = repeat
+        self.decodes = 0
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, sample: Sample) -> dict[str, torch.Tensor]:
+    def open(self, sample: Sample):
+        """The sample's frames: from the cache, or a freshly opened reader."""
         # Readers raise DecodeError for bad files; any other error is a bug and propagates.
         source = None if self.cache is None else self.cache.get(sample.path)
         if source is None:
-            source = open_source(sample.path, self.backend)
+            source = open_source(sample.path, self.backend, self.device)
+            self.decodes += 1
             if self.cache is not None:
                 if not isinstance(source, ImageSource):  # an image is already held in memory
                     with contextlib.closing(source):
                         source = DecodedVideo(source)
                 self.cache[sample.path] = source
+        return source
+
+    def load(self, sample: Sample) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        source = self.open(sample)
         try:
-            return self.view(source)
+            return self.view(source) if self.repeat == 1 else render_views(self.view, source, self.repeat)
         finally:
             source.close()
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> dict | list[dict]:
         for attempt in range(MAX_CONSECUTIVE_FAILURES):
             position = (index + attempt) % len(self.samples)
             sample = self.samples[position]
@@ -105,7 +122,8 @@ class VideoDataset(Dataset):
             except DecodeError as error:
                 warnings.warn(f"skipping undecodable file ({error})", stacklevel=2)
                 continue
-            item.update(label=sample.label, index=position, num_failed=attempt)
+            for one in item if isinstance(item, list) else [item]:
+                one.update(label=sample.label, index=position, num_failed=attempt)
             return item
         raise RuntimeError(
             f"{MAX_CONSECUTIVE_FAILURES} consecutive files from index {index} could not be decoded "

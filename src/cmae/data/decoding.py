@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from cmae.config import reject_choice
+from cmae.config import ConfigError, reject_choice
 
 __all__ = ["DecodeError", "IMAGE_EXTENSIONS", "VideoReader", "available_backends",
            "is_image", "load_image", "open_video"]
@@ -65,13 +65,14 @@ class TorchCodecReader(_Reader):
     """torchcodec reader; "exact" seek mode scans the packet index once on open, which
     costs little and gives the true frame count and exact frame indices."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, device: str = "cpu") -> None:
         from torchcodec.decoders import VideoDecoder
 
         self.path = path
-        # One FFmpeg thread: DataLoader workers already use every core.
+        # One FFmpeg thread: DataLoader workers already use every core. device="cuda": NVDEC decodes
+        # and the frames come back as CUDA tensors.
         self._decoder = VideoDecoder(
-            str(path), seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NCHW"
+            str(path), seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NCHW", device=device
         )
         meta = self._decoder.metadata
         self.num_frames = int(meta.num_frames or 0)
@@ -238,19 +239,35 @@ def resolve_backend(backend: str = "auto") -> str:
     return backend
 
 
-def open_video(path: str | Path, backend: str = "auto") -> VideoReader:
-    """Open ``path`` with ``backend`` ("auto": the first of available_backends()).
+def check_decode_device(device: str, backend: str = "auto") -> None:
+    """Raise, saying what is missing, unless frames can be decoded on `device` with `backend`."""
+    if device == "cpu":
+        return
+    if device != "cuda":
+        reject_choice("decode device", device, ("cpu", "cuda"))
+    if not torch.cuda.is_available():
+        raise ConfigError("data.decode_device=cuda needs a CUDA GPU, and this machine has none; use cpu")
+    if backend not in ("auto", "torchcodec") or _probe("torchcodec") is not None:
+        raise ConfigError(f"data.decode_device=cuda decodes with torchcodec (data.decoder={backend!r}; torchcodec: "
+                           f"{_probe('torchcodec') or 'usable'}); {_INSTALL_HINT['torchcodec']}, built with CUDA")
+
+
+def open_video(path: str | Path, backend: str = "auto", device: str = "cpu") -> VideoReader:
+    """Open ``path`` with ``backend`` ("auto": the first of available_backends()), decoding on
+    ``device`` (cuda: torchcodec's NVDEC; see `check_decode_device`).
 
     Raises DecodeError (naming the file) for anything that is not a decodable video.
     """
     path = Path(path)
+    if device != "cpu":
+        check_decode_device(device, backend)
+        backend = "torchcodec"
     backend = resolve_backend(backend)
 
     if not path.is_file():
         raise DecodeError(f"{path}: no such file")
-    reader_cls = TorchCodecReader if backend == "torchcodec" else PyAVReader
     try:
-        reader = reader_cls(path)
+        reader = TorchCodecReader(path, device) if backend == "torchcodec" else PyAVReader(path)
     except DecodeError:
         raise
     except Exception as e:  # each library has its own error types for bad input

@@ -3,11 +3,17 @@
 A view builder gets an open reader (a video, or an image as a one-frame video) and
 returns a dict of float tensors `[C, T, H, W]`. `data.views` picks the builder by name;
 a method states which keys it needs, and never opens a file itself.
+
+A training view works in two steps, so that several samples of one video (`data.repeat`)
+share one decoding pass: `plan(source)` draws which frames a sample needs (its temporal
+position), `render(frames, plan)` draws the rest (crop, flip, colour) and builds the
+tensors; `render_views` decodes the union of the plans' frames once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -23,6 +29,38 @@ class FrameSource(Protocol):
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:  # uint8 [T, C, H, W]
         ...
+
+
+@dataclass
+class Plan:
+    """One sample's frame indices into its video, and what else `render` needs to know."""
+
+    indices: list[int]
+    shift: int = 0  # temporal_shift: the target's offset in frames
+    image: bool = False  # frame_pair: the source is an image (two augmentations of one frame)
+
+
+class TrainView:
+    """`plan` + `render`; calling the view renders one sample."""
+
+    def plan(self, source: FrameSource) -> Plan:
+        raise NotImplementedError
+
+    def render(self, frames: torch.Tensor, plan: Plan) -> dict[str, torch.Tensor | int]:
+        raise NotImplementedError
+
+    def __call__(self, source: FrameSource) -> dict[str, torch.Tensor | int]:
+        return render_views(self, source)[0]
+
+
+def render_views(view: TrainView, source: FrameSource, count: int = 1) -> list[dict[str, torch.Tensor | int]]:
+    """`count` samples of one source: every plan first, then one `get_frames` over the sorted
+    union of their frames (a reader decodes it in one pass), then each sample from its frames."""
+    plans = [view.plan(source) for _ in range(count)]
+    wanted = sorted({index for plan in plans for index in plan.indices})
+    frames = source.get_frames(wanted)
+    row = {index: k for k, index in enumerate(wanted)}
+    return [view.render(frames[[row[i] for i in plan.indices]], plan) for plan in plans]
 
 
 def randint(low: int, high: int) -> int:
@@ -90,7 +128,7 @@ def to_clip(frames: torch.Tensor, transform: Callable) -> torch.Tensor:
     return as_clip(transform(tv_tensors.Video(frames)))
 
 
-class ClipView:
+class ClipView(TrainView):
     """One clip of `num_frames` frames at `sampling_rate` -> {"video": [C, T, H, W]}."""
 
     def __init__(self, config: DataConfig, train: bool = True, randaug: tuple[int, int] | None = None):
@@ -98,8 +136,10 @@ class ClipView:
         self.rate = config.sampling_rate
         self.transform = spatial_transform(config, train, randaug)
 
-    def __call__(self, source: FrameSource) -> dict[str, torch.Tensor]:
-        frames = source.get_frames(clip_indices(source.num_frames, self.num_frames, self.rate))
+    def plan(self, source: FrameSource) -> Plan:
+        return Plan(clip_indices(source.num_frames, self.num_frames, self.rate))
+
+    def render(self, frames: torch.Tensor, plan: Plan) -> dict[str, torch.Tensor]:
         return {"video": to_clip(frames, self.transform)}
 
 
@@ -123,7 +163,7 @@ def shifted_box(box: tuple[int, int, int, int], max_shift: int, height: int, wid
     return top, left, h, w
 
 
-class TemporalShiftViews:
+class TemporalShiftViews(TrainView):
     """CMAE-V's temporal shift (§3) -> {"video": online, "target": target, "shift": delta}.
 
     The online clip has frames t1 + k*r, the target t1 + k*r + delta with delta ~ U{0..p}
@@ -146,21 +186,23 @@ class TemporalShiftViews:
         video = v2.functional.resized_crop(tv_tensors.Video(frames), *box, [self.size, self.size], antialias=True)
         return v2.functional.horizontal_flip(video) if flip else video
 
-    def __call__(self, source: FrameSource) -> dict[str, torch.Tensor | int]:
+    def plan(self, source: FrameSource) -> Plan:
         # Leave room for the largest shift when the video has it, so the target is not
         # clamped onto repeated last frames; shorter videos clamp.
         room = source.num_frames - clip_span(self.num_frames, self.rate) - self.max_shift
         online = clip_indices(source.num_frames, self.num_frames, self.rate, randint(0, room) if room >= 0 else None)
         shift = randint(0, self.max_shift)
         target = [min(index + shift, source.num_frames - 1) for index in online]
-        frames = source.get_frames(online + target)  # one decode for both clips
+        return Plan(online + target, shift=shift)  # one decode for both clips
+
+    def render(self, frames: torch.Tensor, plan: Plan) -> dict[str, torch.Tensor | int]:
         online_frames, target_frames = frames[: self.num_frames], frames[self.num_frames :]
         box = self.crop.get_params(online_frames, self.crop.scale, self.crop.ratio)
         target_box = shifted_box(box, self.pixel_shift, *frames.shape[-2:]) if self.pixel_shift else box
         flip = self.hflip and randint(0, 1) == 1
         online_clip = self.normalize(self.crop_and_flip(online_frames, box, flip))
         target_clip = self.normalize(self.color(self.crop_and_flip(target_frames, target_box, flip)))
-        return {"video": as_clip(online_clip), "target": as_clip(target_clip), "shift": shift}
+        return {"video": as_clip(online_clip), "target": as_clip(target_clip), "shift": plan.shift}
 
 
 def frame_pair_indices(num_frames: int, sampling: str, gap: int) -> tuple[int, int]:
@@ -177,7 +219,7 @@ def frame_pair_indices(num_frames: int, sampling: str, gap: int) -> tuple[int, i
     return first, min(second, num_frames - 1)
 
 
-class FramePairViews:
+class FramePairViews(TrainView):
     """ViC-MAE's views -> {"view1": [C, 1, H, W], "view2": [C, 1, H, W]}.
 
     A video gives two frames (`data.pair_sampling`), each with its own random resized
@@ -201,12 +243,14 @@ class FramePairViews:
         self.image_transforms = (v2.Compose(spatial + color + normalize),
                                  v2.Compose(spatial + color + solarize + normalize))
 
-    def __call__(self, source: FrameSource) -> dict[str, torch.Tensor]:
+    def plan(self, source: FrameSource) -> Plan:
         if getattr(source, "is_image", False):
-            frame = source.get_frames([0])
-            return {"view1": to_clip(frame, self.image_transforms[0]), "view2": to_clip(frame, self.image_transforms[1])}
-        first, second = frame_pair_indices(source.num_frames, self.sampling, self.gap)
-        frames = source.get_frames([first, second])
+            return Plan([0], image=True)
+        return Plan(list(frame_pair_indices(source.num_frames, self.sampling, self.gap)))
+
+    def render(self, frames: torch.Tensor, plan: Plan) -> dict[str, torch.Tensor]:
+        if plan.image:
+            return {"view1": to_clip(frames, self.image_transforms[0]), "view2": to_clip(frames, self.image_transforms[1])}
         return {"view1": to_clip(frames[:1], self.video_transform), "view2": to_clip(frames[1:], self.video_transform)}
 
 

@@ -2,14 +2,16 @@
 
 A checkpoint holds plain containers and tensors only: the method's state dict, the
 optimiser and grad-scaler states, the step/epoch counters, the RNG states and the
-resolved config as a dict. It is written to a temporary file in the same folder and
-renamed over the old one, so a crash mid-write leaves the previous checkpoint intact.
+resolved config as a dict. It is written to a temporary file in the same folder, flushed
+to disk and renamed over the old one, so a crash (even kill -9 or a power cut) mid-write
+leaves the previous checkpoint intact, and a failed write (disk full) says so.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +39,36 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message names the file and says the old one is intact."""
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a writer that was killed
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            try:
+                torch.save(state, handle)
+            except RuntimeError as error:  # torch's zip writer reports a short write (a full disk) this way
+                raise OSError(f"the write stopped short: {error}") from error
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power cut
+        finally:
+            os.close(directory)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        previous = f"{path} still holds the previous checkpoint" if path.exists() else "no checkpoint was kept"
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise CheckpointWriteError(f"could not write checkpoint {path} ({error.strerror or error}; {free:.0f} MiB "
+                                   f"free there); {previous}. Free disk space (or fix the folder's permissions, "
+                                   "or the file-size limit) and resume") from error
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

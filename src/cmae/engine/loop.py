@@ -2,18 +2,22 @@
 
     train_loop(config, output, make_job, resume)
       start_run      seed, build the job (method, data, parameter groups), loader, DDP or FSDP2, AdamW
-      restore_state  --resume: weights, optimiser, scaler, epoch/step, every rank's RNG streams
-      train_one_epoch, then save_state after each epoch (atomic checkpoint-last.pt)
+      restore_state  --resume (a path, or auto): weights, optimiser, scaler, epoch and step within it,
+                     every rank's RNG streams
+      train_one_epoch, which calls save_state (atomic checkpoint-last.pt) at epoch ends, every
+                     `save_every_steps` and when SIGTERM / SIGUSR1 asks the run to stop (exit status 75)
       summarize      steps, first/last logged metrics, the job's own `finish` entries
 
 Per-iteration cosine schedule with warmup, gradient accumulation (ranks reduce gradients on the last
-micro-batch only), optional clipping, metrics.jsonl every `log_every` steps.
+micro-batch only), optional clipping, metrics.jsonl and TensorBoard every `log_every` steps.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -23,24 +27,25 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cmae.config import Config, ConfigError, TrainConfig, config_from_dict, save_config
+from cmae.data.loader import make_loader
 from cmae.distributed import (
     DistInfo,
     all_reduce_sum,
     all_true,
-    barrier,
     cleanup,
     gather_objects,
     init_distributed,
 )
-from cmae.engine.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from cmae.engine.checkpoint import CheckpointWriteError, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from cmae.engine.parallel import (
     compile_model,
     enable_grad_checkpointing,
     full_state,
+    gradient_norm,
     gradient_sync,
     load_full_state,
     wrap_method,
@@ -58,6 +63,48 @@ from cmae.engine.schedule import cosine_with_warmup
 from cmae.methods.base import Method
 
 CHECKPOINT_NAME = "checkpoint-last.pt"
+# sysexits.h's EX_TEMPFAIL ("try again later"): the run stopped on SIGTERM / SIGUSR1 after saving
+# its checkpoint, and a requeued job continues it with --resume auto.
+EXIT_PREEMPTED = 75
+# a resumed run must build and feed the same model: keys outside these sections may change
+MODEL_KEYS = ("model.", "method.", "data.num_frames", "data.image_size", "data.views")
+
+
+class Preempted(SystemExit):
+    """Raised on every rank after the checkpoint that SIGTERM / SIGUSR1 asked for is written."""
+
+    def __init__(self, path: Path):
+        super().__init__(EXIT_PREEMPTED)
+        self.path = path
+
+
+class StopSignals:
+    """SIGTERM / SIGUSR1 (SLURM's warnings before preemption or the time limit) set a flag that the
+    loop reads after each step, so the step in flight finishes and the checkpoint is consistent."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        try:
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: a library caller keeps its own handling
+            self.previous = {}
+        return self
+
+    def handle(self, signum: int, frame) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def agreed(self) -> bool:
+        """Whether any rank got a signal (a collective under torchrun: every rank calls it each step)."""
+        return not all_true(self.received is None)
 
 
 @dataclass
@@ -93,43 +140,21 @@ def peak_lr(train: TrainConfig) -> float:
     return train.lr if train.lr > 0 else train.base_lr * train.batch_size / 256
 
 
-def make_loader(dataset, config: Config, dist_info: DistInfo, batch: int, train: bool = True) -> DataLoader:
-    """A DistributedSampler even for one process: its (seed, epoch) permutation makes resume exact.
-    Evaluation (train=False) keeps every sample once, in order, split over ranks."""
-    sampler = DistributedSampler(
-        dataset,
-        num_replicas=dist_info.world_size,
-        rank=dist_info.rank,
-        shuffle=train,
-        seed=config.train.seed,
-        drop_last=train,
-    )
-    return DataLoader(
-        dataset,
-        batch_size=batch,
-        sampler=sampler,
-        num_workers=config.data.num_workers,
-        drop_last=train,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
-    )
-
-
 class DecodeFailures:
     """Totals skipped (corrupt) files over workers and ranks; stops the run past the allowed fraction."""
 
     # Judge the fraction only once enough files were tried, so one bad file early is not fatal.
     MIN_ATTEMPTS = 100
 
-    def __init__(self, max_fraction: float):
-        self.max_fraction = max_fraction
+    def __init__(self, max_fraction: float, repeat: int = 1):
+        self.max_fraction, self.repeat = max_fraction, repeat  # each decode gives `repeat` samples
         self.failed = 0
         self.attempted = 0
         self.pending = torch.zeros(2, dtype=torch.float64)  # this rank's (failed, decoded) since the last check
 
     def update(self, num_failed: torch.Tensor) -> None:
         """Count a batch's failures (a CPU tensor from the loader: no device sync, no collective)."""
-        self.pending += torch.stack([num_failed.sum(), torch.tensor(num_failed.numel())]).double()
+        self.pending += torch.stack([num_failed.sum(), torch.tensor(num_failed.numel())]).double() / self.repeat
 
     def check(self, final: bool = False) -> None:
         """Total the counts over ranks (a collective: every rank calls it at the same steps) and judge."""
@@ -144,6 +169,15 @@ class DecodeFailures:
                 f"{self.failed} of {self.attempted} files could not be decoded ({fraction:.1%} > "
                 f"data.max_failed_fraction={self.max_fraction:.1%}); the warnings above name them"
             )
+
+
+@dataclass
+class Interval:
+    """Wall time, time spent waiting for the loader, and steps since the last log line."""
+
+    started: float = field(default_factory=time.perf_counter)
+    data_wait: float = 0.0
+    steps: int = 0
 
 
 @dataclass
@@ -165,12 +199,15 @@ class Run:
     steps_per_epoch: int
     warmup_steps: int
     lr_peak: float
+    stop: StopSignals = field(default_factory=StopSignals)
     start_epoch: int = 0
+    start_epoch_step: int = 0  # steps of start_epoch a mid-epoch checkpoint already took
     step: int = 0
     started: float = 0.0
     # non-finite losses since the last check, kept on the device: checking each step would sync it
     nonfinite: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     last_terms: dict[str, float] = field(default_factory=dict)
+    interval: Interval = field(default_factory=Interval)
 
     @property
     def train(self) -> TrainConfig:
@@ -182,27 +219,38 @@ class Run:
 
 
 def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.device], Job],
-               resume: str | Path | None = None) -> dict[str, Any]:
-    """Train `make_job(device)`'s method; returns the summary (also written to summary.json)."""
+               resume: str | Path | None = None, resume_override: bool = False) -> dict[str, Any]:
+    """Train `make_job(device)`'s method; returns the summary (also written to summary.json).
+
+    `resume`: a checkpoint to continue from, or "auto" (the output folder's checkpoint-last.pt
+    when there is one, else a fresh start). `resume_override` accepts a checkpoint whose model
+    settings differ from this config's. Raises `Preempted` (exit status 75) after the checkpoint
+    that SIGTERM / SIGUSR1 asked for.
+    """
     output = Path(output)
+    if resume == "auto":
+        resume = output / CHECKPOINT_NAME if (output / CHECKPOINT_NAME).is_file() else None
     device = resolve_device(config.train.device)
     dist_info = init_distributed(device)
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
+    run = None
     try:
         run = start_run(config, output, make_job, device, dist_info)
         if resume is not None:
-            restore_state(run, resume)
+            restore_state(run, resume, resume_override)
         if dist_info.is_main:
             save_config(config, output / "config.yaml")
+        run.metrics.open_tensorboard(config.train.tensorboard, purge_step=run.step + 1 if resume else None)
         run.started = time.time()
-        for epoch in range(run.start_epoch, run.train.epochs):
-            train_one_epoch(run, epoch)
-            if (epoch + 1) % run.train.save_every == 0 or epoch + 1 == run.train.epochs:
-                save_state(run, epoch + 1)
+        with run.stop:
+            for epoch in range(run.start_epoch, run.train.epochs):
+                train_one_epoch(run, epoch)
         return summarize(run)
     finally:
+        if run is not None:
+            run.metrics.close()
         cleanup()
 
 
@@ -214,7 +262,7 @@ def start_run(config: Config, output: Path, make_job: Callable[[torch.device], J
     job = make_job(device)
     train = job.train
     micro_batch = per_rank_batch(train, dist_info.world_size)
-    loader = make_loader(job.dataset, config, dist_info, micro_batch)
+    loader = make_loader(job.dataset, config, dist_info, micro_batch)  # micro_batch / data.repeat videos
     if train.accum_steps > 1 and len(job.method.views) > 1 and dist_info.is_main:
         # Two-view losses and their heads' BatchNorm couple the samples of one forward pass.
         warnings.warn(f"train.accum_steps={train.accum_steps}: {job.method.__class__.__name__}'s contrastive "
@@ -239,7 +287,8 @@ def start_run(config: Config, output: Path, make_job: Callable[[torch.device], J
     output.mkdir(parents=True, exist_ok=True)
     return Run(config, output, job, device, dtype, dist_info, loader, optimizer, scaler, model,
                metrics=MetricsLog(output / "metrics.jsonl", enabled=dist_info.is_main),
-               failures=DecodeFailures(config.data.max_failed_fraction), steps_per_epoch=steps_per_epoch,
+               failures=DecodeFailures(config.data.max_failed_fraction, getattr(job.dataset, "repeat", 1)),
+               steps_per_epoch=steps_per_epoch,
                warmup_steps=train.warmup_epochs * steps_per_epoch, lr_peak=lr_peak,
                nonfinite=torch.zeros((), device=device))
 
@@ -251,47 +300,66 @@ def make_optimizer(groups: list[dict], lr: float, train: TrainConfig) -> torch.o
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(train.betas), **fast)
 
 
-def restore_state(run: Run, resume: str | Path) -> None:
+def restore_state(run: Run, resume: str | Path, override: bool = False) -> None:
     """Continue a saved run exactly: weights, optimiser, scaler, position and RNG streams."""
     state = load_checkpoint(resume)
-    check_resumable(run.config, config_from_dict(state["config"]), resume)
+    check_resumable(run.config, config_from_dict(state["config"]), resume, override)
     load_full_state(run.model, run.job.method, run.optimizer, state["model"], state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.step = state["epoch"], state["step"]
+    run.start_epoch_step = state.get("epoch_step", 0)  # checkpoints before mid-epoch saves: 0
     restore_rng(state["rng"], run.dist_info, run.config.train.seed + 1_000_003 * run.start_epoch)
     if run.dist_info.is_main:
         truncate_metrics(run.metrics.path, run.step)
 
 
 def train_one_epoch(run: Run, epoch: int) -> None:
-    """`steps_per_epoch` optimiser steps, with the method's `set_epoch` / `after_step` hooks around each."""
+    """`steps_per_epoch` optimiser steps, with the method's `set_epoch` / `after_step` hooks around each;
+    checkpoints where `save_due` says, then stops the run if a signal asked for it."""
     method, train = run.job.method, run.train
     run.model.train()
-    run.loader.sampler.set_epoch(epoch)
-    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{train.epochs}",
+    first = run.start_epoch_step if epoch == run.start_epoch else 0
+    # skip the samples a mid-epoch checkpoint already trained on (each sample's randomness is its own)
+    run.loader.sampler.set_epoch(epoch, skip=first * train.accum_steps * run.loader.batch_size)
+    bar = tqdm(total=run.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{train.epochs}",
                disable=None if run.dist_info.is_main else True, dynamic_ncols=True, leave=False)
     batches = iter(run.loader)
-    for index in range(run.steps_per_epoch):
+    run.interval = Interval()
+    for index in range(first, run.steps_per_epoch):
         lr = cosine_with_warmup(run.step, run.total_steps, run.warmup_steps, run.lr_peak, train.min_lr)
         method.set_epoch(run.step / run.steps_per_epoch)
         for group in run.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         sums = accumulate_gradients(run, batches, epoch)
-        if train.clip_grad > 0:
+        last_step = index == run.steps_per_epoch - 1
+        logging = (run.step + 1) % train.log_every == 0 or run.step + 1 == run.total_steps or last_step
+        grad_norm = None
+        if train.clip_grad > 0 or logging:  # the norm before clipping: a sync, so only when needed
             run.scaler.unscale_(run.optimizer)
-            torch.nn.utils.clip_grad_norm_(method.parameters(), train.clip_grad)
+            grad_norm = gradient_norm(method.parameters(), train.clip_grad)
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.optimizer.zero_grad(set_to_none=True)
         run.step += 1
+        run.interval.steps += 1
         method.after_step(run.step, run.total_steps)
         # the loop's only host syncs and collectives, every log_every steps (beyond what the
-        # strategy does: DDP / FSDP reductions, clipping's norm under FSDP, fp16's scaler)
-        if run.step % train.log_every == 0 or run.step == run.total_steps or index == run.steps_per_epoch - 1:
+        # strategy does: DDP / FSDP reductions, clipping's norm under FSDP, fp16's scaler, and
+        # the stop-signal flag, a CPU reduction)
+        if logging:
             check_finite(run, epoch)
             run.failures.check()
-            log_step(run, sums, epoch, lr, bar)
+            log_step(run, {**sums, "grad_norm": grad_norm}, epoch, lr, bar)
         bar.update(1)
+        stopping = run.stop.agreed()
+        if save_due(run, epoch, last_step) or stopping:
+            save_state(run, epoch + 1, 0) if last_step else save_state(run, epoch, index + 1)
+        if stopping:
+            bar.close()
+            if run.dist_info.is_main:
+                print(f"stopped by signal {run.stop.received or 'on another rank'} at step {run.step}; "
+                      f"resume with --resume auto (exit status {EXIT_PREEMPTED})", flush=True)
+            raise Preempted(run.output / CHECKPOINT_NAME)
     bar.close()
     run.failures.check(final=True)
     if run.dist_info.is_main:
@@ -300,12 +368,22 @@ def train_one_epoch(run: Run, epoch: int) -> None:
               + f"  ({time.time() - run.started:.0f}s)", flush=True)
 
 
+def save_due(run: Run, epoch: int, last_step: bool) -> bool:
+    """A checkpoint every `save_every_steps` steps, and at the end of every `save_every`-th and the last epoch."""
+    train = run.train
+    by_steps = train.save_every_steps > 0 and run.step % train.save_every_steps == 0
+    by_epochs = last_step and ((epoch + 1) % train.save_every == 0 or epoch + 1 == train.epochs)
+    return by_steps or by_epochs
+
+
 def accumulate_gradients(run: Run, batches, epoch: int) -> dict[str, torch.Tensor]:
     """Forward and backward `accum_steps` micro-batches; returns the loss terms averaged over them."""
     accum = run.train.accum_steps
     sums: dict[str, torch.Tensor] = {}
     for micro in range(accum):
+        waiting = time.perf_counter()
         data = next(batches)
+        run.interval.data_wait += time.perf_counter() - waiting
         run.failures.update(data["num_failed"])
         data = to_device(data, run.device)
         # Reduce gradients over ranks on the last micro-batch only.
@@ -329,33 +407,70 @@ def check_finite(run: Run, epoch: int) -> None:
         )
 
 
-def log_step(run: Run, sums: dict[str, torch.Tensor], epoch: int, lr: float, bar: tqdm) -> None:
-    """Average the terms over ranks, append them to metrics.jsonl and the progress bar."""
-    names = sorted(sums)
-    values = all_reduce_sum(torch.stack([sums[n] for n in names]).cpu()) / run.dist_info.world_size
+def log_step(run: Run, sums: dict[str, torch.Tensor | None], epoch: int, lr: float, bar: tqdm) -> None:
+    """Average the terms over ranks; append them with the interval's throughput to metrics.jsonl,
+    TensorBoard and the progress bar. `grad_norm` is the global norm before clipping."""
+    names = sorted(n for n, v in sums.items() if v is not None)
+    values = all_reduce_sum(torch.stack([sums[n].float() for n in names]).cpu()) / run.dist_info.world_size
     run.last_terms = {n: float(v) for n, v in zip(names, values, strict=True)}
+    if "grad_norm" in run.last_terms:  # already global: every rank holds the same norm
+        run.last_terms["grad_norm"] = float(sums["grad_norm"])
+    elapsed = time.perf_counter() - run.interval.started
+    steps = max(run.interval.steps, 1)
+    timing = {"step_time": elapsed / steps, "data_wait": run.interval.data_wait / max(elapsed, 1e-9),
+              "clips_per_s": run.train.batch_size * steps / max(elapsed, 1e-9)}
+    if run.device.type == "cuda":
+        timing["max_memory_gb"] = torch.cuda.max_memory_allocated(run.device) / 2**30
+    if run.scaler.is_enabled():
+        timing["loss_scale"] = float(run.scaler.get_scale())
     run.metrics.write({"step": run.step, "epoch": epoch, **run.last_terms, "lr": lr,
-                       "time": round(time.time() - run.started, 2)})
-    bar.set_postfix(loss=f"{run.last_terms['loss']:.4f}", lr=f"{lr:.2e}")
+                       **{k: round(v, 6) for k, v in timing.items()}, "time": round(time.time() - run.started, 2)})
+    bar.set_postfix(loss=f"{run.last_terms['loss']:.4f}", lr=f"{lr:.2e}", clips_s=f"{timing['clips_per_s']:.1f}",
+                    data_wait=f"{timing['data_wait']:.0%}")
+    run.interval = Interval()
 
 
-def save_state(run: Run, epochs_done: int) -> None:
-    """checkpoint-last.pt (atomic), and a kept copy every `keep_every` epochs; every rank's RNG."""
+def save_state(run: Run, epochs_done: int, epoch_step: int) -> None:
+    """checkpoint-last.pt (atomic) after `epochs_done` whole epochs and `epoch_step` steps of the next,
+    a kept copy every `keep_every` epochs and the last `keep_checkpoints` saves; every rank's RNG.
+    A failed write (disk full) stops every rank, naming the file; the previous checkpoint stays."""
     rng = gather_objects(rng_states())  # every rank's, so each resumes its own stream
     weights, optimizer_state = full_state(run.model, run.job.method, run.optimizer)  # every rank: FSDP gathers
+    path, error = run.output / CHECKPOINT_NAME, None
     if run.dist_info.is_main:
-        save_checkpoint(run.output / CHECKPOINT_NAME, {
-            "model": weights,
-            "optimizer": optimizer_state,
-            "scaler": run.scaler.state_dict(),
-            "epoch": epochs_done,
-            "step": run.step,
-            "rng": rng,
-            "config": run.config.to_dict(),
-        })
-        if run.train.keep_every > 0 and epochs_done % run.train.keep_every == 0:
-            shutil.copy2(run.output / CHECKPOINT_NAME, run.output / f"checkpoint-{epochs_done:04d}.pt")
-    barrier()
+        try:
+            save_checkpoint(path, {
+                "model": weights,
+                "optimizer": optimizer_state,
+                "scaler": run.scaler.state_dict(),
+                "epoch": epochs_done,
+                "epoch_step": epoch_step,
+                "step": run.step,
+                "rng": rng,
+                "config": run.config.to_dict(),
+            })
+            keep_copies(run, path, epochs_done, epoch_step)
+        except CheckpointWriteError as failure:
+            error = failure
+    if not all_true(error is None):
+        raise error or CheckpointWriteError(f"rank 0 could not write {path}; see its error")
+
+
+def keep_copies(run: Run, path: Path, epochs_done: int, epoch_step: int) -> None:
+    """checkpoint-NNNN.pt every `keep_every` epochs (kept for good); checkpoint-stepNNNNNNN.pt for the
+    last `keep_checkpoints` saves (hard links to the written file, so no second copy on disk)."""
+    train = run.train
+    if train.keep_every > 0 and epoch_step == 0 and epochs_done % train.keep_every == 0:
+        shutil.copy2(path, run.output / f"checkpoint-{epochs_done:04d}.pt")
+    if train.keep_checkpoints > 0:
+        kept = run.output / f"checkpoint-step{run.step:07d}.pt"
+        kept.unlink(missing_ok=True)
+        try:
+            os.link(path, kept)
+        except OSError:  # a file system without hard links
+            shutil.copy2(path, kept)
+        for old in sorted(run.output.glob("checkpoint-step*.pt"))[: -train.keep_checkpoints]:
+            old.unlink()
 
 
 def summarize(run: Run) -> dict[str, Any]:
@@ -370,11 +485,23 @@ def summarize(run: Run) -> dict[str, Any]:
     return summary
 
 
-def check_resumable(config: Config, saved: Config, path) -> None:
-    """A resumed run must train the same model the same way; only its length may change."""
-    for section in ("model", "method"):
-        if getattr(config, section) != getattr(saved, section):
-            raise ConfigError(f"cannot resume from {path}: its {section} config differs from this run's")
+def check_resumable(config: Config, saved: Config, path, override: bool = False) -> None:
+    """A resumed run must build and feed the same model (`MODEL_KEYS`); its length, paths, logging and
+    loader settings may change. `override` (`--resume-override`) accepts a difference with a warning."""
+    now, before = flat_config(config), flat_config(saved)
+    changed = [key for key in now if key.startswith(MODEL_KEYS) and now[key] != before.get(key)]
+    if not changed:
+        return
+    listing = ", ".join(f"{key}={now[key]!r} (checkpoint: {before.get(key)!r})" for key in changed)
+    if not override:
+        raise ConfigError(f"cannot resume from {path}: this run changes the model: {listing}; "
+                          "keep the checkpoint's values, or pass --resume-override to continue anyway")
+    warnings.warn(f"resuming from {path} with a changed model (--resume-override): {listing}", stacklevel=3)
+
+
+def flat_config(config: Config) -> dict[str, Any]:
+    """{"section.key": value} of a config."""
+    return {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
 
 
 def restore_rng(saved: list[dict] | dict, dist_info: DistInfo, reseed: int) -> None:

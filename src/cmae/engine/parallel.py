@@ -99,6 +99,17 @@ def gradient_sync(model: nn.Module, sync: bool):
     return contextlib.nullcontext()
 
 
+def gradient_norm(parameters, clip: float = 0.0) -> torch.Tensor:
+    """The global L2 norm of the gradients (over every rank's shards under FSDP), before clipping
+    them to `clip` when `clip` > 0."""
+    parameters = list(parameters)
+    if clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP
+
+
 def _optimizer_names(method: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
     """Parameter names in the optimiser's order: the index of a name is its key in torch's layout."""
     name_of = {id(p): name for name, p in method.named_parameters()}

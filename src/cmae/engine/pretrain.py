@@ -1,6 +1,7 @@
 """Pre-training: files -> VideoDataset(view) -> DataLoader -> method(batch) -> loss -> AdamW,
 through the one training loop of `cmae.engine.loop` (one process or many under torchrun),
-with an atomic checkpoint each epoch that `--resume` continues from exactly.
+with atomic checkpoints (each epoch, every `train.save_every_steps`, on SIGTERM/SIGUSR1) that
+`--resume` continues from exactly.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import torch
 
 from cmae.config import Config, ConfigError
 from cmae.data.dataset import VideoDataset
+from cmae.data.decoding import check_decode_device
 from cmae.data.lists import Sample, mix_samples, read_samples
 from cmae.data.views import build_view
 from cmae.engine.loop import Job, train_loop
 from cmae.engine.schedule import param_groups
 from cmae.methods import build_method
 
-__all__ = ["Job", "pretrain", "train_loop", "training_samples"]
+__all__ = ["Job", "pretrain", "train_loop", "training_dataset", "training_samples"]
 
 
 def training_samples(config: Config) -> list[Sample]:
@@ -33,15 +35,24 @@ def training_samples(config: Config) -> list[Sample]:
     return samples
 
 
-def pretrain(config: Config, output: str | Path, resume: str | Path | None = None) -> dict[str, Any]:
-    """Pre-train `config.method` and return a summary (steps, first/last logged losses, paths)."""
+def training_dataset(config: Config) -> VideoDataset:
+    """The pre-training samples through the method's train-time views (`data.*` settings)."""
+    data = config.data
+    if not data.train:
+        raise ConfigError("data.train is not set: give a list file or an ImageFolder directory")
+    check_decode_device(data.decode_device, data.decoder)
+    return VideoDataset(training_samples(config), build_view(data, train=True), backend=data.decoder,
+                        cache_decoded=data.cache_decoded, repeat=data.repeat, device=data.decode_device)
+
+
+def pretrain(config: Config, output: str | Path, resume: str | Path | None = None,
+             resume_override: bool = False) -> dict[str, Any]:
+    """Pre-train `config.method` and return a summary (steps, first/last logged losses, paths).
+    `resume`: a checkpoint, or "auto" (the output folder's, if any); see `train_loop`."""
 
     def make_job(device: torch.device) -> Job:
-        if not config.data.train:
-            raise ConfigError("data.train is not set: give a list file or an ImageFolder directory")
+        dataset = training_dataset(config)
         method = build_method(config).to(device)
-        dataset = VideoDataset(training_samples(config), build_view(config.data, train=True),
-                               backend=config.data.decoder, cache_decoded=config.data.cache_decoded)
         return Job(method, dataset, param_groups(method, config.train.weight_decay), config.train)
 
-    return train_loop(config, output, make_job, resume)
+    return train_loop(config, output, make_job, resume, resume_override)

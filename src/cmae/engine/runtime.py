@@ -47,17 +47,41 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to `metrics.jsonl` (main process only)."""
+    """Appends one JSON object per logged step to `metrics.jsonl` and, once `open_tensorboard` is
+    called, the same numbers as TensorBoard scalars (`train/<key>` at its `step`) in the same
+    folder (main process only)."""
 
     def __init__(self, path: Path, enabled: bool = True):
         self.path = path
         self.enabled = enabled
+        self.tensorboard = None
+
+    def open_tensorboard(self, enabled: bool = True, purge_step: int | None = None) -> None:
+        """`purge_step`: a resumed run hides the events a crashed run logged from this step on."""
+        if not (self.enabled and enabled):
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:  # tensorboard is a dependency; a broken install gets a clear message
+            raise ConfigError(f"train.tensorboard=true needs the tensorboard package ({error}): "
+                              "pip install tensorboard, or set train.tensorboard=false") from None
+        self.tensorboard = SummaryWriter(str(self.path.parent), purge_step=purge_step)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(f"train/{key}", value, record["step"])
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

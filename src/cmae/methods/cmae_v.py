@@ -86,7 +86,7 @@ class CMAEV(VideoMAE):
         rec = self.reconstruct(batch["video"], decoder_masking=self.training)
         query = self.predictor(self.projector(self.online_feature(rec)))
         key = self.target_embedding(batch["target"])
-        loss_con = self.con_scale * global_info_nce(query, key, self.temperature)
+        loss_con = self.con_scale * global_info_nce(query, key, self.temperature, batch.get("index"))
         loss = rec.loss + self.con_weight * loss_con
         return MethodOutput(loss, {
             "loss_rec": rec.loss.detach(), "loss_con": loss_con.detach(), "momentum": self.current_momentum.clone(),

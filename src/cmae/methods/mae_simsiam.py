@@ -33,6 +33,6 @@ class MAESimSiam(TwoViewMAE):
     def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.projector(tokens[:, 0])
 
-    def pair_loss(self, z1, z2):
+    def pair_loss(self, z1, z2, ids=None):  # no negatives: repeats of a video change nothing here
         p1, p2 = self.predictor(z1), self.predictor(z2)
         return (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2, {}

@@ -30,7 +30,7 @@ class MAEVICReg(TwoViewMAE):
     def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.projector(tokens[:, 0])
 
-    def pair_loss(self, z1, z2):
+    def pair_loss(self, z1, z2, ids=None):  # no negatives: repeats of a video change nothing here
         terms = vicreg_terms(z1, z2)
         w_inv, w_var, w_cov = self.weights
         loss = w_inv * terms["invariance"] + w_var * terms["variance"] + w_cov * terms["covariance"]

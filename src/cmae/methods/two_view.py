@@ -49,13 +49,16 @@ class TwoViewMAE(MAE):
     def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, (1+)K, D] -> [B, D']
         raise NotImplementedError
 
-    def pair_loss(self, f1: torch.Tensor, f2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def pair_loss(self, f1: torch.Tensor, f2: torch.Tensor, ids: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of the two views' features `[B, D']`; ids `[B]`: each sample's video (repeats share one)."""
         raise NotImplementedError
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
         self.require_views(batch)
         loss_rec, tokens1, tokens2 = self.encode_views(batch["view1"], batch["view2"])
-        loss_con, extra = self.pair_loss(self.global_feature(tokens1), self.global_feature(tokens2))
+        loss_con, extra = self.pair_loss(self.global_feature(tokens1), self.global_feature(tokens2),
+                                         batch.get("index"))
         # Multiplying by lambda = 0 (rather than skipping) keeps every head in the graph, as DDP needs.
         loss = loss_rec + self.current_con_weight * loss_con
         terms = {"loss_rec": loss_rec.detach(), "loss_con": loss_con.detach(),

@@ -47,5 +47,5 @@ class ViCMAE(TwoViewMAE):
         """Omega over the visible patch tokens, projected and L2-normalised."""
         return F.normalize(self.projector(self.pool(tokens[:, self.encoder.num_prefix_tokens :])), dim=-1)
 
-    def pair_loss(self, f1, f2):
-        return self.contrastive_loss(f1, f2, self.temperature), {}
+    def pair_loss(self, f1, f2, ids=None):
+        return self.contrastive_loss(f1, f2, self.temperature, ids), {}
