@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -24,13 +25,52 @@ class DistInfo:
         return self.world_size > 1
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM host list: `gpu[003-004,9],cpu1` -> `gpu003` (padding kept)."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if match is None or not match.group(1):
+        raise ValueError(f"SLURM_JOB_NODELIST={nodelist!r}: not a SLURM host list")
+    prefix, ranges = match.groups()
+    if ranges is None:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    if not first.isdigit():
+        raise ValueError(f"SLURM_JOB_NODELIST={nodelist!r}: cannot read the range {ranges!r}")
+    return prefix + first
+
+
+def _slurm_int(name: str) -> int:
+    value = os.environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
+
+
+def environment_from_slurm() -> None:
+    """Under `srun` without torchrun, set torchrun's variables from SLURM's: RANK = SLURM_PROCID,
+    WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK = SLURM_LOCALID, MASTER_ADDR = the first host of
+    SLURM_JOB_NODELIST, MASTER_PORT = $MASTER_PORT or 20000 + SLURM_JOB_ID mod 20000 (so that
+    two jobs sharing a node use different ports). torchrun's own variables win when present."""
+    slurm = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST")
+    if "WORLD_SIZE" in os.environ or not all(name in os.environ for name in slurm):
+        return
+    os.environ.update(RANK=str(_slurm_int("SLURM_PROCID")), WORLD_SIZE=str(_slurm_int("SLURM_NTASKS")),
+                      LOCAL_RANK=str(_slurm_int("SLURM_LOCALID")))
+    os.environ.setdefault("MASTER_ADDR", first_host(os.environ["SLURM_JOB_NODELIST"]))
+    if "MASTER_PORT" not in os.environ:
+        job = _slurm_int("SLURM_JOB_ID") if "SLURM_JOB_ID" in os.environ else 0
+        os.environ["MASTER_PORT"] = str(20000 + job % 20000)
+
+
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes in the environment.
+    """Join the process group torchrun (or, without it, SLURM's `srun`) describes in the environment.
 
     On CUDA the group has two backends: NCCL for CUDA tensors (gradients, gathered
     embeddings) and gloo for the small CPU tensors the loop reduces (loss logs, decode
     failure counts, RNG states), so neither has to be copied to the GPU first.
     """
+    environment_from_slurm()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistInfo()
