@@ -24,7 +24,7 @@ from cmae.methods import build_method
 
 VIT_S_112 = ["model.name=vit_small", "data.image_size=112", "data.num_frames=16", "model.tubelet_size=2",
              "method.mask_ratio=0.9", "model.decoder_dim=192", "model.decoder_depth=4", "model.decoder_heads=3",
-             "model.pos_embed=joint"]
+             "model.pos_embed=videomae_1d"]
 # (row, how it is built, extra overrides): the same work first, then VideoMAE V2's decoder masking
 CANDIDATES = [
     ("transformers VideoMAEForPreTraining", HFVideoMAE, []),

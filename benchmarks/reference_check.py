@@ -133,18 +133,18 @@ class Row:
 
 
 OLD = ["model.init=xavier", "model.decoder_init=xavier", "model.pos_embed=separable"]  # before: MAE's init
-NEW = ["model.init=normal", "model.decoder_init=normal", "model.pos_embed=joint"]  # Hugging Face's
+NEW = ["model.init=normal", "model.decoder_init=normal", "model.pos_embed=videomae_1d"]  # Hugging Face's
 FIXED = ["model.init=normal", "model.decoder_init=xavier", "model.pos_embed=separable"]  # cmae's defaults now
 ROWS = [
     Row("hf", "HF VideoMAE (reference), trained by cmae's loop", hf=True),
     Row("cmae-xavier", "cmae videomae, MAE/VideoMAE xavier init, separable table (before the fix)", OLD),
-    Row("cmae-xavier-joint", "cmae, xavier init, VideoMAE's joint table", [*OLD, "model.pos_embed=joint"]),
+    Row("cmae-xavier-joint", "cmae, xavier init, VideoMAE's joint table", [*OLD, "model.pos_embed=videomae_1d"]),
     Row("cmae-normal-separable", "cmae, normal(0.02) init, separable table", [*NEW, "model.pos_embed=separable"]),
     Row("cmae-normal", "cmae, normal(0.02) init everywhere, joint table: Hugging Face's initial state", NEW),
     Row("cmae-fixed", "cmae after the fix (its defaults): normal(0.02) encoder, xavier decoder, separable table",
         FIXED),
     Row("cmae-fixed-joint", "cmae after the fix with VideoMAE's joint table (the video demo presets)",
-        [*FIXED, "model.pos_embed=joint"]),
+        [*FIXED, "model.pos_embed=videomae_1d"]),
     Row("normal-but-enc-xavier", "cmae normal init, but xavier linears in the encoder", NEW,
         lambda m: xavier_linears(m, "encoder")),
     Row("normal-but-dec-xavier", "cmae normal init, but xavier linears in the decoder", NEW,
@@ -160,7 +160,7 @@ ROWS = [
         NEW, default_conv),
     Row("normal-mask-0.02", "cmae normal init, mask token normal(0.02) instead of zero", NEW, mask_token(0.02)),
     Row("xavier-lr3.5", "cmae xavier init, joint table, 3.5x the learning rate (xavier's std / 0.02 at width 96)",
-        [*OLD, "model.pos_embed=joint", "train.base_lr=5.25e-3"]),
+        [*OLD, "model.pos_embed=videomae_1d", "train.base_lr=5.25e-3"]),
 ]
 
 

@@ -21,7 +21,7 @@ def test_videomae_from_hf_gives_the_same_loss_and_gradients():
     ))
     config = load_config("configs/demo/videomae.yaml", [
         "model.name=vit_pico_p4", "model.patch_size=8", "model.decoder_dim=32", "model.decoder_depth=1",
-        "data.num_frames=4", "data.image_size=32", "model.pos_embed=joint"])
+        "data.num_frames=4", "data.image_size=32", "model.pos_embed=videomae_1d"])
     # vit_pico_p4 is 48 wide with 2 blocks and 2 heads, as the HF model above
     method = build_method(config)
     state = videomae_from_hf(hf.state_dict())
@@ -36,3 +36,162 @@ def test_videomae_from_hf_gives_the_same_loss_and_gradients():
     loss.backward()
     assert torch.allclose(method.encoder.patch_embed.proj.weight.grad,
                           hf.videomae.embeddings.patch_embeddings.projection.weight.grad, atol=1e-6)
+
+
+# --- importing the field's checkpoints (no hub: random-init models saved in the official layouts) ---
+
+import argparse  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from cmae.engine.loading import load_pretrained  # noqa: E402
+from cmae.interop import WeightsError, import_weights  # noqa: E402
+from cmae.models.pos_embed import position_table  # noqa: E402
+from tests.helpers import TINY_INPUT, TINY_MODEL  # noqa: E402
+
+timm = pytest.importorskip("timm")
+
+TINY_HF = dict(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=48, num_hidden_layers=2,
+               num_attention_heads=2, intermediate_size=192, use_mean_pooling=False, layer_norm_eps=1e-6)
+
+
+def official_videomae_layout(hf_state: dict, prefix: str = "encoder.") -> dict:
+    """An HF VideoMAEModel's weights renamed to the official VideoMAE code's layout: fused qkv
+    weights and separate q_bias / v_bias (no key bias), `encoder.`-prefixed."""
+    out = {f"{prefix}patch_embed.proj.weight": hf_state["embeddings.patch_embeddings.projection.weight"],
+           f"{prefix}patch_embed.proj.bias": hf_state["embeddings.patch_embeddings.projection.bias"],
+           f"{prefix}norm.weight": hf_state["layernorm.weight"], f"{prefix}norm.bias": hf_state["layernorm.bias"]}
+    layers = {int(k.split(".")[2]) for k in hf_state if k.startswith("encoder.layer.")}
+    for i in layers:
+        hf, ours = f"encoder.layer.{i}", f"{prefix}blocks.{i}"
+        out[f"{ours}.attn.qkv.weight"] = torch.cat(
+            [hf_state[f"{hf}.attention.attention.{n}.weight"] for n in ("query", "key", "value")])
+        for theirs, name in (("q", "query"), ("v", "value")):  # newer transformers: q_bias; older: query.bias
+            bias = hf_state.get(f"{hf}.attention.attention.{theirs}_bias")
+            out[f"{ours}.attn.{theirs}_bias"] = hf_state[f"{hf}.attention.attention.{name}.bias"] if bias is None else bias
+        for theirs, name in (("attention.output.dense", "attn.proj"), ("intermediate.dense", "mlp.fc1"),
+                             ("output.dense", "mlp.fc2"), ("layernorm_before", "norm1"), ("layernorm_after", "norm2")):
+            for part in ("weight", "bias"):
+                out[f"{ours}.{name}.{part}"] = hf_state[f"{hf}.{theirs}.{part}"]
+    return out
+
+
+def randomize_biases(model: torch.nn.Module) -> None:
+    """Random init leaves every bias at zero, so a dropped or misplaced bias would go unseen."""
+    with torch.no_grad():
+        for name, value in model.named_parameters():
+            if name.endswith(("bias", "q_bias", "v_bias")):
+                value.normal_(std=0.1)
+
+
+def test_timm_vit_b16_with_maes_table_matches_timm(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0).eval()
+    randomize_biases(model)
+    with torch.no_grad():  # MAE's checkpoints carry the fixed 2D table, with a zero row for the class token
+        model.pos_embed.copy_(torch.cat([torch.zeros(1, 768), position_table("mae_2d", 768, (1, 14, 14))])[None])
+    path = tmp_path / "mae_pretrain_vit_base.pth"
+    torch.save({"model": model.state_dict(), "args": argparse.Namespace(model="vit_base", lr=1.5e-4)}, path)
+    imported = import_weights(path)
+    assert (imported.format, imported.pos_embed, imported.cls_token) == ("timm", "mae_2d", True)
+    config, method = load_pretrained(path, "configs/pretrain/mae_vit_b_in1k.yaml")
+    image = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = model.forward_features(image)
+        ours = method.encoder(image[:, :, None])
+    assert config.model.pos_embed == "mae_2d" and config.model.cls_token
+    assert (ours - expected).abs().max() < 1e-5
+
+
+def test_hf_videomae_model_folder_matches_hf(tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.VideoMAEModel(transformers.VideoMAEConfig(
+        image_size=224, patch_size=16, num_frames=16, tubelet_size=2, hidden_size=384, num_hidden_layers=12,
+        num_attention_heads=6, intermediate_size=1536, use_mean_pooling=False, layer_norm_eps=1e-6)).eval()
+    randomize_biases(hf)
+    hf.save_pretrained(tmp_path / "hf")
+    _, method = load_pretrained(tmp_path / "hf", "configs/pretrain/videomae_vit_b_k400.yaml", ["model.name=vit_small"])
+    clip = torch.randn(1, 3, 16, 224, 224)
+    with torch.no_grad():
+        expected = hf(clip.transpose(1, 2)).last_hidden_state
+        ours = method.encoder(clip)
+    assert (ours - expected).abs().max() < 1e-4
+
+
+def test_official_videomae_layout_matches_hf_and_fuses_q_v_biases(tmp_path, capsys):
+    torch.manual_seed(0)
+    hf = transformers.VideoMAEModel(transformers.VideoMAEConfig(**TINY_HF)).eval()
+    randomize_biases(hf)
+    official = official_videomae_layout(hf.state_dict())
+    official["mask_token"] = torch.zeros(1, 1, 32)  # a pre-training file's decoder part, dropped: no decoder here
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": official, "args": argparse.Namespace(model="pretrain_videomae")}, path)
+    _, method = load_pretrained(path, "configs/demo/videomae.yaml", [*TINY_MODEL, *TINY_INPUT, "data.num_frames=4"])
+    report = capsys.readouterr().out
+    assert "official VideoMAE" in report and "position table videomae_1d" in report
+    qkv_bias = method.encoder.blocks[1].attn.qkv.bias
+    assert torch.equal(qkv_bias, torch.cat([official["encoder.blocks.1.attn.q_bias"], torch.zeros(48),
+                                            official["encoder.blocks.1.attn.v_bias"]]))
+    clip = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert (method.encoder(clip) - hf(clip.transpose(1, 2)).last_hidden_state).abs().max() < 1e-5
+
+
+def test_an_unknown_key_is_refused_by_name(tmp_path):
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, init_values=1e-5)
+    state = model.state_dict()
+    torch.save(state, tmp_path / "learned.pth")
+    with pytest.raises(WeightsError, match="pos_embed is a learned table"):  # timm's supervised ViTs
+        import_weights(tmp_path / "learned.pth")
+    state["pos_embed"] = torch.cat([torch.zeros(1, 192), position_table("mae_2d", 192, (1, 14, 14))])[None]
+    torch.save(state, tmp_path / "layerscale.pth")  # timm's layer scale: cmae's blocks have none
+    with pytest.raises(WeightsError, match=r"key 'blocks\.0\.ls1\.gamma' has no place"):
+        import_weights(tmp_path / "layerscale.pth")
+
+
+PAYLOAD = """
+import pathlib
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __setstate__(self, state):  # runs when the file is unpickled
+        pathlib.Path(state["marker"]).write_text("ran")
+"""
+
+
+def test_a_file_pickling_another_class_is_refused_without_running_it(tmp_path, monkeypatch):
+    (tmp_path / "payload_module.py").write_text(PAYLOAD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import payload_module
+
+    path, marker = tmp_path / "evil.pth", tmp_path / "marker"
+    torch.save({"model": {"w": torch.zeros(1)}, "extra": payload_module.Payload(str(marker))}, path)
+    with pytest.raises(WeightsError, match="refusing to load: it pickles payload_module.Payload"):
+        import_weights(path)
+    assert not marker.exists()  # its code never ran
+    torch.load(path, weights_only=False)  # the control: unpickling it does run the class's code
+    assert marker.read_text() == "ran"
+
+
+def test_linprobe_reads_a_hugging_face_folder_and_finetune_inits_from_an_official_file(synth_dir, tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.VideoMAEModel(transformers.VideoMAEConfig(**TINY_HF))
+    randomize_biases(hf)
+    hf.save_pretrained(tmp_path / "hf")
+    torch.save({"model": official_videomae_layout(hf.state_dict())}, tmp_path / "official.pth")
+    data = [f"data.train={synth_dir / 'train.txt'}", f"data.val={synth_dir / 'val.txt'}", *TINY_MODEL, *TINY_INPUT,
+            "data.num_frames=4", "eval.batch_size=8"]
+    cli = [sys.executable, "-m", "cmae.cli"]
+    probe = subprocess.run([*cli, "linprobe", "--checkpoint", str(tmp_path / "hf"), "--config",
+                            "configs/demo/videomae.yaml", "--output", str(tmp_path / "lp"), *data,
+                            "eval.probe_epochs=3"], capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert "Hugging Face VideoMAE" in probe.stdout and "linprobe: top1" in probe.stdout
+    tune = subprocess.run([*cli, "finetune", "--init", str(tmp_path / "official.pth"), "--config",
+                           "configs/demo/videomae.yaml", "--output", str(tmp_path / "ft"), *data,
+                           "finetune.epochs=1", "finetune.batch_size=8"], capture_output=True, text=True)
+    assert tune.returncode == 0, tune.stderr[-2000:]
+    assert "official VideoMAE" in tune.stdout and "finetune: top1" in tune.stdout

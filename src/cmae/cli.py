@@ -9,6 +9,7 @@ import time
 
 from cmae.config import ConfigError, InputError, load_config
 from cmae.engine.checkpoint import CheckpointWriteError
+from cmae.interop import WeightsError
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -28,7 +29,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from cmae.engine.pretrain import pretrain
 
     config = load_config(args.config, args.overrides)
-    summary = pretrain(config, args.output, resume=args.resume, resume_override=args.resume_override)
+    summary = pretrain(config, args.output, resume=args.resume, resume_override=args.resume_override,
+                       init=args.init)
     if "last" in summary:
         print(json.dumps({k: summary[k] for k in ("steps", "seconds", "first", "last")}, indent=2))
 
@@ -95,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--output", required=True, help="run folder")
     pre.add_argument("--resume", help="checkpoint to continue from (e.g. RUN/checkpoint-last.pt), or 'auto': "
                      "the output folder's checkpoint-last.pt if there is one, else a fresh start (safe in job scripts)")
+    pre.add_argument("--init", help="start from these weights: a cmae checkpoint, an MAE / timm / ViC-MAE, official "
+                     "VideoMAE or Hugging Face VideoMAE file or folder (the architecture comes from --config)")
     pre.add_argument("--resume-override", action="store_true",
                      help="resume even if the config changes the model (model.*, method.*, input size)")
     pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
@@ -121,8 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                  "finetune": "end-to-end fine-tuning"}
     for name, text in protocols.items():
         evaluate = commands.add_parser(name, help=text)
-        evaluate.add_argument("--checkpoint", required=True,
-                              help="a run's checkpoint-last.pt, or 'random' (a random-init encoder of --config)")
+        source = evaluate.add_mutually_exclusive_group(required=True)
+        source.add_argument("--checkpoint", help="a run's checkpoint-last.pt, 'random' (a random-init encoder of "
+                            "--config), or a foreign file / Hugging Face folder (MAE, timm, VideoMAE) with --config")
+        if name == "finetune":
+            source.add_argument("--init", dest="checkpoint", help="the same as --checkpoint: the weights to start from")
         evaluate.add_argument("--output", required=True, help="folder for config.yaml and summary.json")
         evaluate.add_argument("--config", help="a preset laid over the checkpoint's config (required with random)")
         evaluate.add_argument("overrides", nargs="*", metavar="key=value",
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, InputError, FileNotFoundError) as error:
+    except (ConfigError, InputError, WeightsError, FileNotFoundError) as error:
         print(f"cmae {args.command}: error: {error}", file=sys.stderr)
         sys.exit(2)
     except CheckpointWriteError as error:

@@ -83,8 +83,9 @@ class ModelConfig:
     tubelet_size: int = 2  # frames per token; 1 for images
     drop_path: float = 0.0
     cls_token: bool = False
-    # fixed sin-cos positions: separable (space x time tables) | joint (VideoMAE's 1D table over t*h*w)
-    pos_embed: Literal["separable", "joint"] = "separable"
+    # fixed sin-cos positions: separable (space x time tables) | mae_2d (MAE's 2D table, every frame alike) |
+    # videomae_1d (VideoMAE's 1D table over t*h*w; `joint` is its earlier name). Imported weights set theirs.
+    pos_embed: Literal["separable", "mae_2d", "videomae_1d", "joint"] = "separable"
     # the encoder's linear layers and patch projection: normal = N(0, 0.02) at every width (Hugging Face's
     # VideoMAE, BEiT) | xavier (MAE's and VideoMAE's code: larger draws at small widths, which learn less)
     init: Literal["xavier", "normal"] = "normal"

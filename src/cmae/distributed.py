@@ -1,4 +1,4 @@
-"""torchrun/DDP helpers that are no-ops in a single process."""
+"""torchrun/SLURM/DDP helpers that are no-ops in a single process."""
 
 from __future__ import annotations
 
@@ -25,42 +25,58 @@ class DistInfo:
         return self.world_size > 1
 
 
-def first_host(nodelist: str) -> str:
-    """The first host of a SLURM host list: `gpu[003-004,9],cpu1` -> `gpu003` (padding kept)."""
-    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
-    if match is None or not match.group(1):
-        raise ValueError(f"SLURM_JOB_NODELIST={nodelist!r}: not a SLURM host list")
-    prefix, ranges = match.groups()
-    if ranges is None:
-        return prefix
-    first = ranges.split(",")[0].split("-")[0]
-    if not first.isdigit():
-        raise ValueError(f"SLURM_JOB_NODELIST={nodelist!r}: cannot read the range {ranges!r}")
-    return prefix + first
+# One host-list entry: name parts and bracketed ranges, up to the first top-level comma.
+_HOST_ENTRY = re.compile(r"(?:[^,\[\]]+|\[[^\[\]]*\])+")
+_RANGES = re.compile(r"[0-9]+(?:-[0-9]+)?(?:,[0-9]+(?:-[0-9]+)?)*")
+SLURM_VARIABLES = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST")
+
+
+def first_host(nodelist: str, variable: str = "SLURM_JOB_NODELIST") -> str:
+    """The first host of a SLURM host list: `gpu-a[01-03],gpu-b5` -> `gpu-a01` (padding kept).
+
+    Parsed here rather than with `scontrol show hostnames`, which containers often lack.
+    """
+    text = nodelist.strip()
+    entry = _HOST_ENTRY.match(text)
+    if entry is None or text.startswith("[") or text[entry.end() : entry.end() + 1] not in ("", ","):
+        raise ValueError(f"{variable}={nodelist!r}: not a SLURM host list")
+
+    def first_of(ranges: re.Match) -> str:
+        if not _RANGES.fullmatch(ranges.group(1)):
+            raise ValueError(f"{variable}={nodelist!r}: cannot read the range [{ranges.group(1)}]")
+        return re.split("[,-]", ranges.group(1))[0]
+
+    return re.sub(r"\[([^\]]*)\]", first_of, entry.group())
 
 
 def _slurm_int(name: str) -> int:
+    """A SLURM count or id; strict (`int()` would also take "1_0" or " 1")."""
     value = os.environ[name]
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not an integer") from None
+    if not re.fullmatch(r"[0-9]+", value):
+        raise ValueError(f"{name}={value!r} is not an integer")
+    return int(value)
 
 
 def environment_from_slurm() -> None:
-    """Under `srun` without torchrun, set torchrun's variables from SLURM's: RANK = SLURM_PROCID,
-    WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK = SLURM_LOCALID, MASTER_ADDR = the first host of
-    SLURM_JOB_NODELIST, MASTER_PORT = $MASTER_PORT or 20000 + SLURM_JOB_ID mod 20000 (so that
-    two jobs sharing a node use different ports). torchrun's own variables win when present."""
-    slurm = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST")
-    if "WORLD_SIZE" in os.environ or not all(name in os.environ for name in slurm):
+    """Under `srun` without torchrun, set torchrun's variables from SLURM's, so that env:// works.
+
+    RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK = SLURM_LOCALID; with several tasks
+    also MASTER_ADDR = $MASTER_ADDR or the first host of the step's nodes (SLURM_STEP_NODELIST,
+    else SLURM_JOB_NODELIST) and MASTER_PORT = $MASTER_PORT or 20000 + SLURM_JOB_ID mod 20000
+    (one port per job, so two jobs sharing a node do not collide, and a requeued job keeps its
+    port). torchrun's variables (WORLD_SIZE, RANK) win when present.
+    """
+    if "WORLD_SIZE" in os.environ or "RANK" in os.environ or not all(name in os.environ for name in SLURM_VARIABLES):
         return
-    os.environ.update(RANK=str(_slurm_int("SLURM_PROCID")), WORLD_SIZE=str(_slurm_int("SLURM_NTASKS")),
-                      LOCAL_RANK=str(_slurm_int("SLURM_LOCALID")))
-    os.environ.setdefault("MASTER_ADDR", first_host(os.environ["SLURM_JOB_NODELIST"]))
-    if "MASTER_PORT" not in os.environ:
+    rank, world_size, local_rank = (_slurm_int(name) for name in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"))
+    if not 0 <= rank < world_size or local_rank < 0:
+        raise ValueError(f"SLURM_PROCID={rank}, SLURM_LOCALID={local_rank} do not fit SLURM_NTASKS={world_size}")
+    if world_size > 1:
+        nodes = "SLURM_STEP_NODELIST" if "SLURM_STEP_NODELIST" in os.environ else "SLURM_JOB_NODELIST"
+        master_addr = os.environ.get("MASTER_ADDR") or first_host(os.environ[nodes], nodes)
         job = _slurm_int("SLURM_JOB_ID") if "SLURM_JOB_ID" in os.environ else 0
-        os.environ["MASTER_PORT"] = str(20000 + job % 20000)
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=os.environ.get("MASTER_PORT") or str(20000 + job % 20000))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank))
 
 
 def init_distributed(device: torch.device) -> DistInfo:

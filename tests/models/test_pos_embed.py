@@ -49,3 +49,25 @@ def test_joint_table_is_videomaes():
     assert torch.equal(position_table("separable", 48, (2, 4, 4)), sincos_3d(48, (2, 4, 4)))
     with pytest.raises(ValueError, match="model.pos_embed"):
         position_table("learned", 48, (2, 4, 4))
+
+
+def mae_reference_table(dim: int, size: int) -> torch.Tensor:
+    """MAE's util/pos_embed.py, restated with numpy: meshgrid(w, h), so the first half of the
+    channels codes the column; each half is [sin, cos] of position x 1/10000^(k / (dim/4))."""
+    import numpy as np
+
+    grid = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64))  # w first
+
+    def code(positions):
+        omega = 1.0 / 10000 ** (np.arange(dim // 4) / (dim / 4))
+        angles = positions.reshape(-1)[:, None] * omega[None]
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    return torch.from_numpy(np.concatenate([code(grid[0]), code(grid[1])], axis=1)).float()
+
+
+def test_mae_2d_table_is_maes():
+    reference = mae_reference_table(64, 4)  # [16, 64]
+    assert torch.allclose(position_table("mae_2d", 64, (1, 4, 4)), reference, atol=1e-6)
+    assert torch.equal(position_table("mae_2d", 64, (3, 4, 4)), reference.repeat(3, 1))  # every frame alike
+    assert torch.equal(position_table("videomae_1d", 48, (2, 4, 4)), position_table("joint", 48, (2, 4, 4)))

@@ -17,7 +17,7 @@ from cmae.config import (
     set_key,
     validate,
 )
-from cmae.engine.checkpoint import load_checkpoint
+from cmae.interop import FORMATS, Imported, import_weights, load_imported
 from cmae.methods import build_method
 
 
@@ -27,28 +27,54 @@ def load_pretrained(
     """The pre-trained method (encoder, decoder, heads) of a checkpoint, on the CPU, in eval mode.
 
     `checkpoint="random"` builds a randomly initialised method of the `config_path` preset
-    (seeded by train.seed): the floor every evaluation is compared with. Otherwise the
-    config stored in the checkpoint is the base; `config_path` (e.g. an evaluation preset)
-    and `overrides` are applied on top, so `data.val=...` or `eval.clips=5` can change
-    while the model stays the one that was trained.
+    (seeded by train.seed): the floor every evaluation is compared with. A cmae checkpoint's
+    stored config is the base; `config_path` (e.g. an evaluation preset) and `overrides` are
+    applied on top, so `data.val=...` or `eval.clips=5` can change while the model stays the
+    one that was trained. Any other file (MAE / timm, VideoMAE, Hugging Face; `cmae.interop`)
+    has no cmae config: `config_path` and `overrides` give the architecture, the file its
+    weights and its position table, and the loaded and dropped keys are printed.
     """
     if str(checkpoint) == "random":
         if config_path is None:
             raise ConfigError("--checkpoint random needs --config (the pre-training preset to initialise)")
         config = load_config(config_path, overrides)
         torch.manual_seed(config.train.seed)
-        method = build_method(config)
-    else:
-        state = load_checkpoint(checkpoint)
-        config = config_from_dict(state["config"])
+        return config, build_method(config).eval()
+    imported = import_weights(checkpoint)
+    if imported.format == "cmae":
+        config = config_from_dict(imported.config)
         if config_path is not None:
             config = _overlay(config, load_config(config_path), Path(config_path))
         for text in overrides:
             set_key(config, *parse_override(text))
         validate(config)
         method = build_method(config)
-        method.load_state_dict(state["model"])
+        method.load_state_dict(imported.weights)
+        return config, method.eval()
+    if config_path is None:
+        raise ConfigError(f"{checkpoint} is a {FORMATS[imported.format]} file without a cmae config: "
+                          "give --config (a preset whose model.* matches the file)")
+    config = load_config(config_path, overrides)
+    adopt_architecture(config, imported)
+    torch.manual_seed(config.train.seed)
+    method = build_method(config)
+    print(load_imported(method, imported), flush=True)
     return config, method.eval()
+
+
+def adopt_architecture(config: Config, imported: Imported) -> None:
+    """What a foreign file fixes about the model: its position table and class token."""
+    if imported.format != "cmae":
+        config.model.pos_embed = imported.pos_embed
+        config.model.cls_token = imported.cls_token
+
+
+def initialize_from(path: str | Path, config: Config) -> Imported:
+    """`--init FILE`: read the weights, set the architecture they fix in `config`; load them with
+    `load_imported` once the method is built."""
+    imported = import_weights(path)
+    adopt_architecture(config, imported)
+    return imported
 
 
 def _overlay(base: Config, preset: Config, path: Path) -> Config:

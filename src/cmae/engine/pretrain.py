@@ -6,6 +6,7 @@ with atomic checkpoints (each epoch, every `train.save_every_steps`, on SIGTERM/
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ from cmae.data.dataset import VideoDataset
 from cmae.data.decoding import check_decode_device
 from cmae.data.lists import Sample, mix_samples, read_samples
 from cmae.data.views import build_view
+from cmae.engine.loading import initialize_from
 from cmae.engine.loop import Job, train_loop
 from cmae.engine.schedule import param_groups
+from cmae.interop import load_imported
 from cmae.methods import build_method
 
 __all__ = ["Job", "pretrain", "train_loop", "training_dataset", "training_samples"]
@@ -46,13 +49,21 @@ def training_dataset(config: Config) -> VideoDataset:
 
 
 def pretrain(config: Config, output: str | Path, resume: str | Path | None = None,
-             resume_override: bool = False) -> dict[str, Any]:
+             resume_override: bool = False, init: str | Path | None = None) -> dict[str, Any]:
     """Pre-train `config.method` and return a summary (steps, first/last logged losses, paths).
-    `resume`: a checkpoint, or "auto" (the output folder's, if any); see `train_loop`."""
+    `resume`: a checkpoint, or "auto" (the output folder's, if any); see `train_loop`.
+    `init`: start from these weights (cmae, MAE / timm, VideoMAE or Hugging Face; `cmae.interop`);
+    a resumed run continues from its checkpoint instead."""
+    imported = initialize_from(init, config) if init is not None else None
 
     def make_job(device: torch.device) -> Job:
         dataset = training_dataset(config)
-        method = build_method(config).to(device)
+        method = build_method(config)
+        if imported is not None:
+            report = load_imported(method, imported)
+            if os.environ.get("RANK", "0") == "0":
+                print(report, flush=True)
+        method = method.to(device)
         return Job(method, dataset, param_groups(method, config.train.weight_decay), config.train)
 
     return train_loop(config, output, make_job, resume, resume_override)

@@ -1,4 +1,5 @@
-"""Fixed sine-cosine position embeddings, separable in space and time.
+"""Fixed sine-cosine position embeddings: cmae's separable space x time table, MAE's 2D
+table and VideoMAE's 1D table.
 
 The tables are computed for whatever token grid the input has, so one encoder takes
 images (a grid of one time step), short clips and long clips, at any resolution.
@@ -70,14 +71,22 @@ def sincos_joint(dim: int, num_tokens: int) -> torch.Tensor:
     return table.float()
 
 
-POS_EMBEDS = ("separable", "joint")
+# `joint` is the earlier name of `videomae_1d`, still read from old configs and checkpoints.
+POS_EMBEDS = ("separable", "mae_2d", "videomae_1d", "joint")
 
 
 def position_table(kind: str, dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
-    """The fixed table of `kind` (`separable`: space x time, the default; `joint`: VideoMAE's
-    1D code over t*h*w) for a (T', H', W') grid -> [T'*H'*W', dim]."""
+    """The fixed table of `kind` for a (T', H', W') grid -> [T'*H'*W', dim], time-major.
+
+    separable: space x time (cmae's default, `sincos_3d`); mae_2d: MAE's 2D table over all
+    channels, the same at every time step (MAE, timm's MAE and ViC-MAE weights); videomae_1d:
+    VideoMAE's 1D code over t*h*w (`sincos_joint`; official VideoMAE and Hugging Face weights).
+    """
+    t, h, w = grid
     if kind == "separable":
         return sincos_3d(dim, grid)
-    if kind == "joint":
-        return sincos_joint(dim, grid[0] * grid[1] * grid[2])
+    if kind == "mae_2d":
+        return sincos_2d(dim, h, w).repeat(t, 1)
+    if kind in ("videomae_1d", "joint"):
+        return sincos_joint(dim, t * h * w)
     raise ValueError(f"model.pos_embed must be one of {', '.join(POS_EMBEDS)}, got {kind!r}")
