@@ -1,4 +1,4 @@
-"""The `cmae` command: synth, pretrain, linprobe, knn, finetune, visualize, plot, demo."""
+"""The `cmae` command: synth, pretrain, linprobe, knn, finetune, visualize, plot, export, demo."""
 
 from __future__ import annotations
 
@@ -60,6 +60,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         summary = frozen_evaluation(args.command, args.checkpoint, args.output, args.config, args.overrides)
     print(f"{args.command}: top1 {summary['top1']:.2f}  top5 {summary['top5']:.2f}  -> {args.output}/summary.json")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from cmae.export import export
+
+    print(f"wrote {export(args.checkpoint, args.format, args.output)}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -135,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate.add_argument("overrides", nargs="*", metavar="key=value",
                               help="e.g. data.train=LIST data.val=LIST eval.clips=5 eval.label_fraction=0.1")
         evaluate.set_defaults(func=cmd_evaluate)
+
+    exp = commands.add_parser("export", help="a checkpoint's encoder for transformers (hf) or timm")
+    exp.add_argument("--checkpoint", required=True, help="a cmae checkpoint")
+    exp.add_argument("--format", required=True, choices=["hf", "timm"],
+                     help="hf: a VideoMAEModel folder (videomae_1d models); timm: ViT weights (image models)")
+    exp.add_argument("--output", required=True, help="folder to write")
+    exp.set_defaults(func=cmd_export)
 
     demo = commands.add_parser("demo", help="the main job end to end on the synthetic data set")
     demo.add_argument("--output", default="runs/demo")
