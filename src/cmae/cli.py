@@ -1,4 +1,4 @@
-"""The `cmae` command: synth, pretrain, linprobe, knn, finetune, visualize, plot, export, demo."""
+"""The `cmae` command: synth, pretrain, linprobe, knn, finetune, visualize, plot, extract, export, demo."""
 
 from __future__ import annotations
 
@@ -60,6 +60,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         summary = frozen_evaluation(args.command, args.checkpoint, args.output, args.config, args.overrides)
     print(f"{args.command}: top1 {summary['top1']:.2f}  top5 {summary['top5']:.2f}  -> {args.output}/summary.json")
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from cmae.engine.extract import extract
+
+    summary = extract(args.checkpoint, args.output, args.config, args.overrides)
+    if "extracted" in summary:
+        print(f"wrote {summary['extracted']} of {summary['files']} features ({summary['dim']} wide) to {args.output}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -141,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate.add_argument("overrides", nargs="*", metavar="key=value",
                               help="e.g. data.train=LIST data.val=LIST eval.clips=5 eval.label_fraction=0.1")
         evaluate.set_defaults(func=cmd_evaluate)
+
+    ext = commands.add_parser("extract", help="frozen features of data.val to a safetensors file")
+    ext.add_argument("--checkpoint", required=True, help="a checkpoint, or a foreign file / folder with --config")
+    ext.add_argument("--output", required=True, help="the .safetensors file to write")
+    ext.add_argument("--config", help="a preset laid over the checkpoint's config (the architecture for foreign files)")
+    ext.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.val=LIST eval.clips=5 eval.feature=cls")
+    ext.set_defaults(func=cmd_extract)
 
     exp = commands.add_parser("export", help="a checkpoint's encoder for transformers (hf) or timm")
     exp.add_argument("--checkpoint", required=True, help="a cmae checkpoint")

@@ -88,13 +88,16 @@ def hf_videomae(checkpoint: str | Path, output: str | Path) -> Path:
 
 
 def timm_name(config: Config, encoder: VisionTransformer) -> str:
-    """timm's architecture name for the encoder's size: vit_base_patch16_224 and the like."""
-    size = {768: "base", 384: "small", 192: "tiny", 1024: "large", 1280: "huge", 1408: "giant"}.get(encoder.embed_dim)
-    preset = VIT_PRESETS.get(config.model.name)
-    if size is None or preset is None or preset.depth != encoder.depth:
-        raise ConfigError(f"model.name={config.model.name!r}: no timm ViT of width {encoder.embed_dim} and depth "
-                          f"{encoder.depth}")
-    return f"vit_{size}_patch{encoder.patch_size}_224"
+    """timm's architecture name for the encoder's size: vit_base_patch16_224 and the like (the
+    patch size is the encoder's; timm resamples nothing else)."""
+    preset = VIT_PRESETS[config.model.name]
+    for name, size in VIT_PRESETS.items():
+        if name.endswith(f"_patch{size.patch_size}") and (size.embed_dim, size.depth, size.num_heads,
+                                                           size.mlp_ratio) == (preset.embed_dim, preset.depth,
+                                                                               preset.num_heads, preset.mlp_ratio):
+            return f"{name.rsplit('_patch', 1)[0]}_patch{encoder.patch_size}_224"
+    raise ConfigError(f"model.name={config.model.name!r}: timm has no ViT of width {encoder.embed_dim} and depth "
+                      f"{encoder.depth}")
 
 
 def timm_vit(checkpoint: str | Path, output: str | Path) -> Path:

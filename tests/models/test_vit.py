@@ -150,3 +150,18 @@ def test_grad_checkpointing_gives_the_same_gradients_with_drop_path():
     assert any(not torch.allclose(a, b) for a, b in zip(plain, other_draws, strict=True))
     for a, b in zip(plain, checkpointed, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,timm_name", [
+    ("vit_large_patch16", "vit_large_patch16_224"), ("vit_huge_patch14", "vit_huge_patch14_224"),
+    ("vit_giant_patch14", "vit_giant_patch14_224"), ("vit_huge_patch16", "vit_huge_patch14_224")])
+def test_large_presets_have_timms_shapes(name, timm_name):
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):  # shapes only: ViT-g has a billion parameters
+        ours = build_encoder(ModelConfig(name=name, tubelet_size=1, cls_token=True)).state_dict()
+        theirs = timm.create_model(timm_name, pretrained=False, num_classes=0).state_dict()
+    theirs.pop("pos_embed")  # timm's learned table; cmae's tables are fixed
+    ours["patch_embed.proj.weight"] = ours["patch_embed.proj.weight"][:, :, 0]
+    if name == "vit_huge_patch16":  # VideoMAE's ViT-H: timm's ViT-H/14 with 16 px patches
+        theirs["patch_embed.proj.weight"] = torch.empty(1280, 3, 16, 16, device="meta")
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}

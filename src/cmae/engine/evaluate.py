@@ -31,7 +31,7 @@ from cmae.data.decoding import resolve_backend
 from cmae.data.lists import Sample, check_same_classes, read_samples
 from cmae.data.views import MultiViewClips
 from cmae.engine.checkpoint import save_checkpoint
-from cmae.engine.runtime import resolve_device
+from cmae.engine.runtime import autocast, resolve_device, resolve_precision
 from cmae.engine.schedule import cosine_with_warmup
 from cmae.models.pooling import pool_tokens
 
@@ -92,6 +92,25 @@ def _cache_key(checkpoint: str | Path, samples: Sequence[Sample], config: Config
 
 
 @torch.no_grad()
+def feature_batches(encoder: nn.Module, samples: Sequence[Sample], config: Config, device: torch.device):
+    """Yield (features `[b, D]`, labels `[b]`, indices into `samples` `[b]`) batch by batch, views
+    averaged, undecodable files left out; the encoder in eval mode, under the run's autocast."""
+    dtype = resolve_precision(config.train.precision, device)
+    view = MultiViewClips(config.data, config.eval.clips, config.eval.crops)
+    loader = DataLoader(VideoDataset(samples, view, backend=config.data.decoder),
+                        batch_size=config.eval.batch_size, num_workers=config.data.num_workers)
+    for batch in loader:
+        clips = batch["video"].to(device)  # [B, V, C, T, H, W]
+        b, v = clips.shape[:2]
+        inputs = clips.flatten(0, 1)  # token order is time-major: [T', H', W']
+        with autocast(device, dtype):
+            tokens = encoder(inputs)
+        time_steps = encoder.token_grid(inputs.shape)[0]
+        pooled = pool_tokens(encoder, tokens, config.eval.feature, time_steps).float().reshape(b, v, -1).mean(1).cpu()
+        decoded = decoded_items(batch)
+        yield pooled[decoded], batch["label"][decoded], batch["index"][decoded]
+
+
 def extract_features(
     encoder: nn.Module, samples: Sequence[Sample], config: Config, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,20 +122,10 @@ def extract_features(
     device = device or resolve_device(config.train.device)
     was_training = encoder.training
     encoder.eval().to(device)
-    view = MultiViewClips(config.data, config.eval.clips, config.eval.crops)
-    loader = DataLoader(VideoDataset(samples, view, backend=config.data.decoder),
-                        batch_size=config.eval.batch_size, num_workers=config.data.num_workers)
     features, labels = [], []
-    for batch in loader:
-        clips = batch["video"].to(device)  # [B, V, C, T, H, W]
-        b, v = clips.shape[:2]
-        inputs = clips.flatten(0, 1)  # token order is time-major: [T', H', W']
-        tokens = encoder(inputs)
-        time_steps = encoder.token_grid(inputs.shape)[0]
-        pooled = pool_tokens(encoder, tokens, config.eval.feature, time_steps).float().reshape(b, v, -1).mean(1).cpu()
-        decoded = decoded_items(batch)
-        features.append(pooled[decoded])
-        labels.append(batch["label"][decoded])
+    for pooled, label, _ in feature_batches(encoder, samples, config, device):
+        features.append(pooled)
+        labels.append(label)
     encoder.train(was_training)
     features, labels = torch.cat(features), torch.cat(labels)
     if len(features) < len(samples):

@@ -25,6 +25,7 @@ def build_encoder(config: ModelConfig) -> VisionTransformer | ConvViT:
         embed_dim=size.embed_dim,
         depth=size.depth,
         num_heads=size.num_heads,
+        mlp_ratio=size.mlp_ratio,
         patch_size=config.patch_size or size.patch_size,
         tubelet_size=config.tubelet_size,
         drop_path_rate=config.drop_path,

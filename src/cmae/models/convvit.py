@@ -149,7 +149,7 @@ class ConvViT(nn.Module):
         self.patch_embed4 = nn.Linear(dim, dim)  # ConvMAE's: maps the GELU output to token space
         # Stochastic depth only in the transformer, as VisionTransformer does: a per-sample drop in
         # the conv stages would drop single frames (the batch there is B*T').
-        rates = torch.linspace(0, drop_path_rate, self.depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, self.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, rate) for rate in rates)
         self.fuse1 = ScaleFusion(c1, dim, 4)
         self.fuse2 = ScaleFusion(c2, dim, 2)

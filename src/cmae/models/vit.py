@@ -166,7 +166,7 @@ class VisionTransformer(nn.Module):
         self.grad_checkpointing = False  # set by `train.grad_checkpointing` (see `run_blocks`)
         self.patch_embed = PatchEmbed(patch_size, tubelet_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # python floats, even on meta
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, rate) for rate in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.apply(partial(init_weights, scheme=init))
@@ -255,15 +255,28 @@ class ViTSize:
     depth: int
     num_heads: int
     patch_size: int
+    mlp_ratio: float = 4.0
 
 
-# The paper sizes (patch 16) and small-patch variants for the tiny inputs of CPU demos and tests.
+_TIMM_SIZES = {  # timm's names (vit_<size>_patch<p>), and VideoMAE's ViT-H/16 and VideoMAE V2's ViT-g/14
+    "vit_tiny_patch16": ViTSize(192, 12, 3, 16),
+    "vit_small_patch16": ViTSize(384, 12, 6, 16),
+    "vit_base_patch16": ViTSize(768, 12, 12, 16),
+    "vit_large_patch16": ViTSize(1024, 24, 16, 16),
+    "vit_huge_patch14": ViTSize(1280, 32, 16, 14),
+    "vit_huge_patch16": ViTSize(1280, 32, 16, 16),
+    "vit_giant_patch14": ViTSize(1408, 40, 16, 14, 48 / 11),  # MLP 6144 wide
+}
+
+# The paper sizes (patch 16; vit_huge is timm's and MAE's patch 14, VideoMAE's ViT-H is
+# vit_huge_patch16), timm's names, and small-patch variants for the tiny inputs of CPU demos and tests.
 VIT_PRESETS: dict[str, ViTSize] = {
     "vit_tiny": ViTSize(192, 12, 3, 16),
     "vit_small": ViTSize(384, 12, 6, 16),
     "vit_base": ViTSize(768, 12, 12, 16),
     "vit_large": ViTSize(1024, 24, 16, 16),
     "vit_huge": ViTSize(1280, 32, 16, 14),
+    **_TIMM_SIZES,
     "vit_micro_p8": ViTSize(96, 4, 3, 8),
     "vit_tiny_p8": ViTSize(192, 6, 3, 8),
     "vit_small_p8": ViTSize(384, 12, 6, 8),
