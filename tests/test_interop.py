@@ -195,3 +195,26 @@ def test_linprobe_reads_a_hugging_face_folder_and_finetune_inits_from_an_officia
                            "finetune.epochs=1", "finetune.batch_size=8"], capture_output=True, text=True)
     assert tune.returncode == 0, tune.stderr[-2000:]
     assert "official VideoMAE" in tune.stdout and "finetune: top1" in tune.stdout
+
+
+def test_mean_pooling_classifier_has_videomaes_layout(tmp_path, capsys):
+    """HF's VideoMAEForVideoClassification (mean pooling: no final norm, fc_norm, classifier) -> cmae's
+    fine-tuning classifier gives the same logits."""
+    from cmae.engine.finetune import Classifier
+
+    torch.manual_seed(0)
+    hf = transformers.VideoMAEForVideoClassification(transformers.VideoMAEConfig(
+        **{**TINY_HF, "use_mean_pooling": True}, num_labels=5)).eval()
+    randomize_biases(hf)
+    hf.save_pretrained(tmp_path / "hf")
+    _, method = load_pretrained(tmp_path / "hf", "configs/demo/videomae.yaml", [*TINY_MODEL, *TINY_INPUT,
+                                                                             "data.num_frames=4"])
+    report = capsys.readouterr().out
+    assert "no final norm" in report and "classification head: 4 tensors" in report
+    classifier = Classifier(method.encoder, 5, "mean").eval()
+    classifier.fc_norm.load_state_dict({"weight": hf.fc_norm.weight, "bias": hf.fc_norm.bias})
+    classifier.head.load_state_dict(hf.classifier.state_dict())
+    classifier.fc_norm.eps = hf.fc_norm.eps
+    clip = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert (classifier(clip) - hf(clip.transpose(1, 2)).logits).abs().max() < 1e-5

@@ -202,6 +202,9 @@ class FinetuneConfig(ScheduleConfig):
     randaug_n: int = 2  # RandAugment ops per sample (0 disables)
     # magnitude on timm's 0-10 scale; ViC-MAE's (9, 0.5) = m9 (its 0.5 std jitter is not modelled)
     randaug_m: int = 9
+    # mean pooling: false skips the encoder's final norm before fc_norm (MAE's, VideoMAE's, timm's layout);
+    # true keeps it (cmae's layout until then)
+    encoder_norm: bool = False
 
 
 @dataclass

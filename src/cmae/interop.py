@@ -271,9 +271,6 @@ def import_weights(path: str | Path) -> Imported:
         pos_embed, cls_token = _videomae(mapper)
     else:
         pos_embed, cls_token = _hf_videomae(mapper)
-    if "encoder.norm.weight" not in mapper.out:
-        raise WeightsError(f"{path}: the encoder has no final LayerNorm (a fine-tuned file whose mean pooling uses "
-                           "fc_norm instead); cmae's encoder ends with one, so this layout is not supported yet")
     ignored = mapper.finish(path)
     del hf_config  # the architecture comes from cmae's config; the weights' shapes are checked on load
     return Imported(path, kind, mapper.out, pos_embed, cls_token, ignored)
@@ -284,10 +281,16 @@ def load_imported(method: torch.nn.Module, imported: Imported) -> str:
     pixel decoder when the file has one that fits the method's; -> a one-line report per part."""
     encoder = {k.removeprefix("encoder."): v for k, v in imported.weights.items() if k.startswith("encoder.")}
     decoder = {k.removeprefix("decoder."): v for k, v in imported.weights.items() if k.startswith("decoder.")}
+    final_norm = "norm.weight" in encoder
+    if not final_norm:  # a fine-tuned file with mean pooling: fc_norm took the place of the final norm
+        encoder.update({k: v for k, v in method.encoder.state_dict().items() if k.startswith("norm.")})
     _load_strict(method.encoder, encoder, imported.path, "encoder")
     table = imported.pos_embed or (imported.config or {}).get("model", {}).get("pos_embed")
     lines = [f"loaded {imported.path} ({FORMATS[imported.format]}): encoder {len(encoder)} tensors, "
              f"position table {table}"]
+    if not final_norm:
+        lines.append("  the file has no final norm (a fine-tuned, mean-pooling layout): the encoder's stays at its "
+                     "initialisation; fine-tuning with mean pooling skips it, frozen features pass through it")
     # a cmae checkpoint's other parts (heads, EMA target): taken where this method has the same tensor
     rest = {k: v for k, v in imported.weights.items() if not k.startswith(("encoder.", "decoder."))}
     own = method.state_dict()

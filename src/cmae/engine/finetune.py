@@ -35,11 +35,18 @@ from cmae.models.pooling import pool_tokens
 
 
 class Classifier(nn.Module):
-    """clip `[B, C, T, H, W]` -> logits `[B, K]`: encoder, pooled feature (mean of patch tokens
-    through `fc_norm`, as MAE's global pool, or the class token), linear head."""
+    """clip `[B, C, T, H, W]` -> logits `[B, K]`: encoder, pooled feature, linear head.
 
-    def __init__(self, encoder: nn.Module, num_classes: int, feature: str = "mean"):
+    Mean pooling follows MAE's, VideoMAE's and timm's layout: the encoder's final norm is
+    skipped and the mean of the patch tokens goes through `fc_norm` (`encoder_norm=True` keeps the
+    final norm before `fc_norm`, cmae's layout before, for its older fine-tuned models). The class
+    token keeps the final norm and has no `fc_norm`.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, feature: str = "mean", encoder_norm: bool = False):
         super().__init__()
+        if feature == "mean" and not encoder_norm:
+            encoder.norm = nn.Identity()
         self.encoder, self.feature = encoder, feature
         self.fc_norm = nn.LayerNorm(encoder.embed_dim, eps=1e-6) if feature == "mean" else nn.Identity()
         self.head = nn.Linear(encoder.embed_dim, num_classes)
@@ -154,7 +161,7 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
                             backend=config.data.decoder)
 
     def make_job(device: torch.device) -> Job:
-        classifier = Classifier(encoder, num_classes, config.eval.feature).to(device)
+        classifier = Classifier(encoder, num_classes, config.eval.feature, ft.encoder_norm).to(device)
         objective = FinetuneObjective(classifier, num_classes, ft.mixup, ft.cutmix, ft.label_smoothing)
         dataset = VideoDataset(samples, ClipView(config.data, train=True, randaug=(ft.randaug_n, ft.randaug_m)),
                                backend=config.data.decoder, cache_decoded=config.data.cache_decoded)
