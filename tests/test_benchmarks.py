@@ -70,4 +70,5 @@ def test_loader_benchmark_prints_loader_and_model_rates(synth_dir):
     assert [row[0].strip() for row in rows] == ["1", "2"]
     for _, loader, model, ratio in rows:
         assert float(loader) > 0 and float(model) > 0
-        assert float(ratio.strip().rstrip("x")) == pytest.approx(float(loader) / float(model), rel=0.02)
+        # printed to 2 decimals from rates printed to 1
+        assert float(ratio.strip().rstrip("x")) == pytest.approx(float(loader) / float(model), rel=0.02, abs=0.006)

@@ -23,8 +23,9 @@ def bare_env(monkeypatch):
     """No launcher variables; whatever a test sets is undone afterwards."""
     for name in [name for name in os.environ if is_launcher_variable(name)]:
         monkeypatch.delenv(name)
-    for name in TORCHRUN_VARIABLES:  # those environment_from_slurm writes are removed again
-        monkeypatch.delenv(name, raising=False)
+    for name in TORCHRUN_VARIABLES:  # recorded (setenv), so what environment_from_slurm writes is undone
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return monkeypatch
 
 

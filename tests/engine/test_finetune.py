@@ -20,7 +20,8 @@ def test_layer_decay_scales():
         for param in group["params"]:
             scale_of[names[id(param)]] = (group["lr_scale"], group["weight_decay"])
     assert scale_of["head.weight"] == (1.0, 0.05) and scale_of["head.bias"] == (1.0, 0.0)
-    assert scale_of["fc_norm.weight"] == (1.0, 0.0) and scale_of["encoder.norm.weight"] == (1.0, 0.0)
+    assert scale_of["fc_norm.weight"] == (1.0, 0.0)
+    assert "encoder.norm.weight" not in scale_of  # mean pooling skips the final norm (official layout)
     assert scale_of["encoder.blocks.2.attn.qkv.weight"] == (0.5, 0.05)
     assert scale_of["encoder.blocks.0.mlp.fc1.weight"] == (0.125, 0.05)
     assert scale_of["encoder.patch_embed.proj.weight"] == (0.0625, 0.05)

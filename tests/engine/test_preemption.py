@@ -121,3 +121,22 @@ def test_metrics_without_tensorboard(synth_dir, tmp_path):
     pretrain(load_config(PRESET, tiny_overrides(synth_dir, **{"train.tensorboard": False})), tmp_path)
     assert not list(tmp_path.glob("events.out.tfevents*"))
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["grad_norm"] > 0
+
+
+def test_a_non_finite_run_does_not_save_over_its_last_checkpoint(synth_dir, tmp_path):
+    overrides = tiny_overrides(synth_dir, **{"train.lr": 1e8, "train.log_every": 6, "train.save_every_steps": 2})
+    with pytest.raises(FloatingPointError, match="not finite"):
+        pretrain(load_config(PRESET, overrides), tmp_path)
+    if (tmp_path / "checkpoint-last.pt").exists():
+        state = torch.load(tmp_path / "checkpoint-last.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_a_mid_epoch_checkpoint_refuses_a_changed_batch(synth_dir, tmp_path):
+    overrides = tiny_overrides(synth_dir, **{"train.batch_size": 4, "train.epochs": 1, "train.save_every_steps": 2,
+                                             "train.keep_checkpoints": 10})
+    pretrain(load_config(PRESET, overrides), tmp_path / "run")
+    mid_epoch = tmp_path / "run" / "checkpoint-step0000002.pt"
+    assert torch.load(mid_epoch, weights_only=True)["epoch_step"] == 2
+    with pytest.raises(ConfigError, match="saved mid-epoch with train.batch_size=4; this run has 8"):
+        pretrain(load_config(PRESET, [*overrides, "train.batch_size=8"]), tmp_path / "other", resume=mid_epoch)

@@ -243,8 +243,8 @@ def check_decode_device(device: str, backend: str = "auto") -> None:
     """Raise, saying what is missing, unless frames can be decoded on `device` with `backend`."""
     if device == "cpu":
         return
-    if device != "cuda":
-        reject_choice("decode device", device, ("cpu", "cuda"))
+    if device.split(":")[0] != "cuda":
+        reject_choice("decode device", device, ("cpu", "cuda", "cuda:N"))
     if not torch.cuda.is_available():
         raise ConfigError("data.decode_device=cuda needs a CUDA GPU, and this machine has none; use cpu")
     if backend not in ("auto", "torchcodec") or _probe("torchcodec") is not None:

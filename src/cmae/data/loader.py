@@ -61,7 +61,7 @@ class SeededSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU stream only: torch.manual_seed would reseed CUDA's
             return self.dataset[index]
 
 

@@ -57,11 +57,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a power cut
-        finally:
-            os.close(directory)
     except OSError as error:
         tmp.unlink(missing_ok=True)
         previous = f"{path} still holds the previous checkpoint" if path.exists() else "no checkpoint was kept"
@@ -69,6 +64,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         raise CheckpointWriteError(f"could not write checkpoint {path} ({error.strerror or error}; {free:.0f} MiB "
                                    f"free there); {previous}. Free disk space (or fix the folder's permissions, "
                                    "or the file-size limit) and resume") from error
+    try:  # make the rename itself survive a power cut; some network file systems cannot sync a folder
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError:
+        pass
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -235,20 +235,22 @@ def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.dev
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
-    run = None
+    run, stop = None, StopSignals()
     try:
+        stop.__enter__()  # from the start: a signal during start-up stops the run after its first step
         run = start_run(config, output, make_job, device, dist_info)
+        run.stop = stop
         if resume is not None:
             restore_state(run, resume, resume_override)
         if dist_info.is_main:
             save_config(config, output / "config.yaml")
         run.metrics.open_tensorboard(config.train.tensorboard, purge_step=run.step + 1 if resume else None)
         run.started = time.time()
-        with run.stop:
-            for epoch in range(run.start_epoch, run.train.epochs):
-                train_one_epoch(run, epoch)
+        for epoch in range(run.start_epoch, run.train.epochs):
+            train_one_epoch(run, epoch)
         return summarize(run)
     finally:
+        stop.__exit__()
         if run is not None:
             run.metrics.close()
         cleanup()
@@ -308,6 +310,14 @@ def restore_state(run: Run, resume: str | Path, override: bool = False) -> None:
     run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.step = state["epoch"], state["step"]
     run.start_epoch_step = state.get("epoch_step", 0)  # checkpoints before mid-epoch saves: 0
+    if run.start_epoch_step:  # the samples to skip are counted in this run's batches: they must be the saved ones
+        saved = config_from_dict(state["config"])
+        for key, now, before in (("train.batch_size", run.config.train.batch_size, saved.train.batch_size),
+                                 ("data.repeat", run.config.data.repeat, saved.data.repeat)):
+            if now != before:
+                raise ConfigError(f"{resume} was saved mid-epoch with {key}={before}; this run has {now}, so it "
+                                  "cannot tell which samples of the epoch were used: keep the value, or resume "
+                                  "from an epoch's end (train.keep_every)")
     restore_rng(state["rng"], run.dist_info, run.config.train.seed + 1_000_003 * run.start_epoch)
     if run.dist_info.is_main:
         truncate_metrics(run.metrics.path, run.step)
@@ -353,6 +363,8 @@ def train_one_epoch(run: Run, epoch: int) -> None:
         bar.update(1)
         stopping = run.stop.agreed()
         if save_due(run, epoch, last_step) or stopping:
+            if not logging:  # never save over the last checkpoint with weights a non-finite loss broke
+                check_finite(run, epoch)
             save_state(run, epoch + 1, 0) if last_step else save_state(run, epoch, index + 1)
         if stopping:
             bar.close()
@@ -438,7 +450,7 @@ def save_state(run: Run, epochs_done: int, epoch_step: int) -> None:
     weights, optimizer_state = full_state(run.model, run.job.method, run.optimizer)  # every rank: FSDP gathers
     path, error = run.output / CHECKPOINT_NAME, None
     if run.dist_info.is_main:
-        try:
+        try:  # any failure here must reach the collective below, or the other ranks would wait forever
             save_checkpoint(path, {
                 "model": weights,
                 "optimizer": optimizer_state,
@@ -450,9 +462,12 @@ def save_state(run: Run, epochs_done: int, epoch_step: int) -> None:
                 "config": run.config.to_dict(),
             })
             keep_copies(run, path, epochs_done, epoch_step)
-        except CheckpointWriteError as failure:
+        except Exception as failure:  # noqa: BLE001 - re-raised below, after every rank knows
             error = failure
     if not all_true(error is None):
+        if isinstance(error, OSError) and not isinstance(error, CheckpointWriteError):  # a kept copy failed
+            raise CheckpointWriteError(f"could not keep a copy of {path} ({error}); {path} itself was written") \
+                from error
         raise error or CheckpointWriteError(f"rank 0 could not write {path}; see its error")
 
 
@@ -461,7 +476,10 @@ def keep_copies(run: Run, path: Path, epochs_done: int, epoch_step: int) -> None
     last `keep_checkpoints` saves (hard links to the written file, so no second copy on disk)."""
     train = run.train
     if train.keep_every > 0 and epoch_step == 0 and epochs_done % train.keep_every == 0:
-        shutil.copy2(path, run.output / f"checkpoint-{epochs_done:04d}.pt")
+        kept = run.output / f"checkpoint-{epochs_done:04d}.pt"
+        partial = kept.with_name(f".{kept.name}.tmp")
+        shutil.copy2(path, partial)  # then renamed: a failed copy never leaves a truncated checkpoint
+        os.replace(partial, kept)
     if train.keep_checkpoints > 0:
         kept = run.output / f"checkpoint-step{run.step:07d}.pt"
         kept.unlink(missing_ok=True)

@@ -38,14 +38,17 @@ def training_samples(config: Config) -> list[Sample]:
     return samples
 
 
-def training_dataset(config: Config) -> VideoDataset:
-    """The pre-training samples through the method's train-time views (`data.*` settings)."""
+def training_dataset(config: Config, device: torch.device | None = None) -> VideoDataset:
+    """The pre-training samples through the method's train-time views (`data.*` settings). With
+    `data.decode_device=cuda`, frames are decoded on this process's GPU (`device`)."""
     data = config.data
     if not data.train:
         raise ConfigError("data.train is not set: give a list file or an ImageFolder directory")
     check_decode_device(data.decode_device, data.decoder)
+    decode_on = str(device) if data.decode_device == "cuda" and device is not None and device.type == "cuda" \
+        else data.decode_device  # spawned workers do not inherit torch.cuda.set_device: name the GPU
     return VideoDataset(training_samples(config), build_view(data, train=True), backend=data.decoder,
-                        cache_decoded=data.cache_decoded, repeat=data.repeat, device=data.decode_device)
+                        cache_decoded=data.cache_decoded, repeat=data.repeat, device=decode_on)
 
 
 def pretrain(config: Config, output: str | Path, resume: str | Path | None = None,
@@ -57,7 +60,7 @@ def pretrain(config: Config, output: str | Path, resume: str | Path | None = Non
     imported = initialize_from(init, config) if init is not None else None
 
     def make_job(device: torch.device) -> Job:
-        dataset = training_dataset(config)
+        dataset = training_dataset(config, device)
         method = build_method(config)
         if imported is not None:
             report = load_imported(method, imported)
