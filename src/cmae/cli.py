@@ -86,6 +86,37 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.output, epochs=args.epochs, spec=spec, overrides=args.overrides)
 
 
+def add_pretrain(commands) -> None:
+    pre = commands.add_parser("pretrain", help="self-supervised pre-training")
+    pre.add_argument("--config", required=True, help="YAML preset, e.g. configs/demo/videomae.yaml")
+    pre.add_argument("--output", required=True, help="run folder")
+    pre.add_argument("--resume", help="checkpoint to continue from (e.g. RUN/checkpoint-last.pt), or 'auto': "
+                     "the output folder's checkpoint-last.pt if there is one, else a fresh start (safe in job scripts)")
+    pre.add_argument("--init", help="start from these weights: a cmae checkpoint, an MAE / timm / ViC-MAE, official "
+                     "VideoMAE or Hugging Face VideoMAE file or folder (the architecture comes from --config)")
+    pre.add_argument("--resume-override", action="store_true",
+                     help="resume even if the config changes the model (model.*, method.*, input size)")
+    pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
+    pre.set_defaults(func=cmd_pretrain)
+
+
+def add_weights_commands(commands) -> None:
+    """extract and export: a checkpoint's features or weights for other tools."""
+    ext = commands.add_parser("extract", help="frozen features of data.val to a safetensors file")
+    ext.add_argument("--checkpoint", required=True, help="a checkpoint, or a foreign file / folder with --config")
+    ext.add_argument("--output", required=True, help="the .safetensors file to write")
+    ext.add_argument("--config", help="a preset laid over the checkpoint's config (the architecture for foreign files)")
+    ext.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.val=LIST eval.clips=5 eval.feature=cls")
+    ext.set_defaults(func=cmd_extract)
+
+    exp = commands.add_parser("export", help="a checkpoint's encoder for transformers (hf) or timm")
+    exp.add_argument("--checkpoint", required=True, help="a cmae checkpoint")
+    exp.add_argument("--format", required=True, choices=["hf", "timm"],
+                     help="hf: a VideoMAEModel folder (videomae_1d models); timm: ViT weights (image models)")
+    exp.add_argument("--output", required=True, help="folder to write")
+    exp.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmae", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -106,17 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="distractors take the main object's colours (a clean colour label; the demo's data)")
     synth.set_defaults(func=cmd_synth)
 
-    pre = commands.add_parser("pretrain", help="self-supervised pre-training")
-    pre.add_argument("--config", required=True, help="YAML preset, e.g. configs/demo/videomae.yaml")
-    pre.add_argument("--output", required=True, help="run folder")
-    pre.add_argument("--resume", help="checkpoint to continue from (e.g. RUN/checkpoint-last.pt), or 'auto': "
-                     "the output folder's checkpoint-last.pt if there is one, else a fresh start (safe in job scripts)")
-    pre.add_argument("--init", help="start from these weights: a cmae checkpoint, an MAE / timm / ViC-MAE, official "
-                     "VideoMAE or Hugging Face VideoMAE file or folder (the architecture comes from --config)")
-    pre.add_argument("--resume-override", action="store_true",
-                     help="resume even if the config changes the model (model.*, method.*, input size)")
-    pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
-    pre.set_defaults(func=cmd_pretrain)
+    add_pretrain(commands)
 
     vis = commands.add_parser("visualize", help="draw a masked clip and its reconstruction to a PNG")
     vis.add_argument("--checkpoint", required=True, help="checkpoint file, or 'random' with --config")
@@ -150,19 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="e.g. data.train=LIST data.val=LIST eval.clips=5 eval.label_fraction=0.1")
         evaluate.set_defaults(func=cmd_evaluate)
 
-    ext = commands.add_parser("extract", help="frozen features of data.val to a safetensors file")
-    ext.add_argument("--checkpoint", required=True, help="a checkpoint, or a foreign file / folder with --config")
-    ext.add_argument("--output", required=True, help="the .safetensors file to write")
-    ext.add_argument("--config", help="a preset laid over the checkpoint's config (the architecture for foreign files)")
-    ext.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.val=LIST eval.clips=5 eval.feature=cls")
-    ext.set_defaults(func=cmd_extract)
-
-    exp = commands.add_parser("export", help="a checkpoint's encoder for transformers (hf) or timm")
-    exp.add_argument("--checkpoint", required=True, help="a cmae checkpoint")
-    exp.add_argument("--format", required=True, choices=["hf", "timm"],
-                     help="hf: a VideoMAEModel folder (videomae_1d models); timm: ViT weights (image models)")
-    exp.add_argument("--output", required=True, help="folder to write")
-    exp.set_defaults(func=cmd_export)
+    add_weights_commands(commands)
 
     demo = commands.add_parser("demo", help="the main job end to end on the synthetic data set")
     demo.add_argument("--output", default="runs/demo")
