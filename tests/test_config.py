@@ -78,7 +78,7 @@ def test_parse_override_yaml_values():
     ("eval.label_fraction=0", r"'eval.label_fraction' must be in \(0, 1\]"),
     ("finetune.randaug_m=30", r"'finetune.randaug_m' must be in \[0, 10\]"),
     ("eval.feature=max", r"'eval.feature' must be one of mean, temporal, cls, got 'max'"),
-    ("model.pos_embed=learned", r"'model.pos_embed' must be one of separable, mae_2d, videomae_1d, joint, got 'learned'"),
+    ("model.pos_embed=sin", r"'model.pos_embed' must be one of separable, mae_2d, videomae_1d, joint, learned, got 'sin'"),
     ("model.init=kaiming", r"'model.init' must be one of xavier, normal, got 'kaiming'"),
     ("model.decoder_init=zeros", r"'model.decoder_init' must be one of xavier, normal, got 'zeros'"),
 ])

@@ -137,12 +137,26 @@ def test_official_videomae_layout_matches_hf_and_fuses_q_v_biases(tmp_path, caps
         assert (method.encoder(clip) - hf(clip.transpose(1, 2)).last_hidden_state).abs().max() < 1e-5
 
 
+def test_timm_supervised_vit_with_a_learned_table_matches_timm_at_its_size_and_resampled(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0).eval()  # learned pos_embed
+    randomize_biases(model)
+    torch.save(model.state_dict(), tmp_path / "vit_tiny.pth")
+    imported = import_weights(tmp_path / "vit_tiny.pth")
+    assert (imported.pos_embed, imported.pos_size) == ("learned", 14)
+    for size in (224, 160):  # 14 x 14 as trained, and resampled to 10 x 10 as timm does for another input size
+        _, method = load_pretrained(tmp_path / "vit_tiny.pth", "configs/pretrain/mae_vit_b_in1k.yaml",
+                                    ["model.name=vit_tiny", f"data.image_size={size}"])
+        theirs = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0, img_size=size,
+                                   pretrained_cfg_overlay={"file": str(tmp_path / "vit_tiny.pth")}).eval()
+        image = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            assert (method.encoder(image[:, :, None]) - theirs.forward_features(image)).abs().max() < 1e-4, size
+
+
 def test_an_unknown_key_is_refused_by_name(tmp_path):
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, init_values=1e-5)
     state = model.state_dict()
-    torch.save(state, tmp_path / "learned.pth")
-    with pytest.raises(WeightsError, match="pos_embed is a learned table"):  # timm's supervised ViTs
-        import_weights(tmp_path / "learned.pth")
     state["pos_embed"] = torch.cat([torch.zeros(1, 192), position_table("mae_2d", 192, (1, 14, 14))])[None]
     torch.save(state, tmp_path / "layerscale.pth")  # timm's layer scale: cmae's blocks have none
     with pytest.raises(WeightsError, match=r"key 'blocks\.0\.ls1\.gamma' has no place"):

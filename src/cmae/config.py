@@ -85,7 +85,9 @@ class ModelConfig:
     cls_token: bool = False
     # fixed sin-cos positions: separable (space x time tables) | mae_2d (MAE's 2D table, every frame alike) |
     # videomae_1d (VideoMAE's 1D table over t*h*w; `joint` is its earlier name). Imported weights set theirs.
-    pos_embed: Literal["separable", "mae_2d", "videomae_1d", "joint"] = "separable"
+    # learned: a trained 2D table of pos_size x pos_size places (timm's supervised ViTs), resampled to the grid
+    pos_embed: Literal["separable", "mae_2d", "videomae_1d", "joint", "learned"] = "separable"
+    pos_size: int = 14  # pos_embed=learned: the side of the table's grid (224 / 16)
     # the encoder's linear layers and patch projection: normal = N(0, 0.02) at every width (Hugging Face's
     # VideoMAE, BEiT) | xavier (MAE's and VideoMAE's code: larger draws at small widths, which learn less)
     init: Literal["xavier", "normal"] = "normal"
@@ -246,7 +248,8 @@ def _pair(check) -> Any:
 _RULES: dict[str, tuple[Any, str]] = {
     **{key: (_positive, "> 0") for key in (
         "data.num_frames", "data.sampling_rate", "data.image_size", "model.tubelet_size", "model.decoder_dim",
-        "model.decoder_heads", "method.proj_hidden", "method.proj_dim", "method.pred_hidden", "method.temperature",
+        "model.pos_size", "model.decoder_heads", "method.proj_hidden", "method.proj_dim", "method.pred_hidden",
+        "method.temperature",
         "train.epochs", "train.batch_size", "train.accum_steps", "train.log_every", "train.save_every",
         "data.repeat", "data.prefetch_factor",
         "eval.clips", "eval.crops", "eval.batch_size", "eval.probe_epochs", "eval.probe_batch_size",

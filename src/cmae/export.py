@@ -26,7 +26,7 @@ import torch
 from cmae.config import Config, ConfigError
 from cmae.engine.loading import load_pretrained
 from cmae.models.pos_embed import position_table
-from cmae.models.vit import VIT_PRESETS, VisionTransformer
+from cmae.models.vit import VIT_PRESETS, VisionTransformer, resample_table
 
 FORMATS = ("hf", "timm")
 
@@ -106,11 +106,16 @@ def timm_vit(checkpoint: str | Path, output: str | Path) -> Path:
     if encoder.tubelet_size != 1:
         raise ConfigError(f"model.tubelet_size={encoder.tubelet_size}: timm's ViT takes images (tubelet 1)")
     side = config.data.image_size // encoder.patch_size
-    table = position_table(config.model.pos_embed, encoder.embed_dim, (1, side, side))
-    if encoder.cls_token is not None:  # the class token gets no position code in cmae (MAE's zero row)
-        table = torch.cat([torch.zeros(1, encoder.embed_dim), table])
+    if encoder.learned_pos_embed is not None:
+        table = resample_table(encoder.learned_pos_embed.detach(), (1, side, side))[0]
+    else:
+        table = position_table(config.model.pos_embed, encoder.embed_dim, (1, side, side))
+    if encoder.cls_token is not None:  # MAE's zero row, or a learned table's class-token code
+        cls = torch.zeros(1, encoder.embed_dim) if encoder.cls_pos_embed is None else encoder.cls_pos_embed[0].detach()
+        table = torch.cat([cls, table])
     state = encoder.state_dict()
-    out = {k: v for k, v in state.items() if not k.startswith("patch_embed.proj.weight")}
+    out = {k: v for k, v in state.items()
+           if not k.startswith(("patch_embed.proj.weight", "learned_pos_embed", "cls_pos_embed"))}
     out["patch_embed.proj.weight"] = state["patch_embed.proj.weight"][:, :, 0]  # [D, C, 1, p, p] -> [D, C, p, p]
     out["pos_embed"] = table[None]
     kwargs = {"num_classes": 0, "img_size": config.data.image_size,

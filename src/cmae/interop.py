@@ -26,7 +26,7 @@ from cmae.models.pos_embed import position_table
 
 FORMATS = {
     "cmae": "a cmae checkpoint",
-    "timm": "MAE / timm / ViC-MAE ViT (2D patches, qkv, cls_token, pos_embed)",
+    "timm": "MAE / timm / ViC-MAE ViT (2D patches, qkv, cls_token, fixed or learned pos_embed)",
     "videomae": "official VideoMAE v1/v2 (Conv3d tubelets, q_bias / v_bias, encoder. / decoder.)",
     "hf_videomae": "Hugging Face VideoMAE (VideoMAEModel / ForPreTraining / ForVideoClassification)",
 }
@@ -63,6 +63,7 @@ class Imported:
     cls_token: bool = False
     ignored: dict[str, int] = field(default_factory=dict)  # rule -> keys dropped by it
     config: dict | None = None  # a cmae checkpoint's config
+    pos_size: int | None = None  # a learned table's grid side
 
 
 def _torch_load(path: Path) -> object:
@@ -193,44 +194,48 @@ class _Mapper:
         return self.ignored
 
 
-def _timm(m: _Mapper, path: Path) -> tuple[str, bool]:
+def _timm(m: _Mapper, path: Path) -> tuple[str, bool, int | None]:
     """MAE / timm / ViC-MAE: 2D patch embedding, fused qkv, optional cls_token and pos_embed; MAE's
     pixel decoder (same names as cmae's) when present."""
     _move_encoder(m, "patch_embed.proj", "norm", lambda: m.blocks("blocks", "encoder.blocks"))
     cls_token = m.move("cls_token", "encoder.cls_token")
     table = m.source.pop("pos_embed", None)
-    pos_embed = "mae_2d"
+    pos_embed, pos_size = "mae_2d", None
     if table is not None:
         width = table.shape[-1]
-        patches = table.reshape(-1, width)[1 if cls_token else 0 :]
+        prefix = table.shape[1] - round((table.shape[1] - cls_token) ** 0.5) ** 2  # class-token rows, 0 or 1
+        patches = table.reshape(-1, width)[prefix:]
         side = round(patches.shape[0] ** 0.5)
-        expected = position_table("mae_2d", width, (1, side, side))
-        if side * side != patches.shape[0] or not torch.allclose(patches.float(), expected, atol=1e-4):
-            raise WeightsError(f"{path}: pos_embed is a learned table (it is not MAE's fixed 2D sin-cos "
-                               "table); cmae's encoders use fixed tables, so it cannot be loaded yet")
+        if side * side != patches.shape[0] or prefix not in (0, int(cls_token)):
+            raise WeightsError(f"{path}: pos_embed {tuple(table.shape)} is not a square grid (plus a class token)")
+        if not torch.allclose(patches.float(), position_table("mae_2d", width, (1, side, side)), atol=1e-4):
+            pos_embed, pos_size = "learned", side  # timm's supervised ViTs: a trained table
+            m.out["encoder.learned_pos_embed"] = patches[None]
+            if prefix:
+                m.out["encoder.cls_pos_embed"] = table[:, :1]
     m.move("mask_token", "decoder.mask_token")
     for name in ("decoder_embed", "decoder_norm", "decoder_pred"):
         for part in ("weight", "bias"):
             m.move(f"{name}.{part}", f"decoder.{name}.{part}")
     m.blocks("decoder_blocks", "decoder.decoder_blocks")
-    return pos_embed, cls_token
+    return pos_embed, cls_token, pos_size
 
 
-def _videomae(m: _Mapper) -> tuple[str, bool]:
+def _videomae(m: _Mapper) -> tuple[str, bool, None]:
     """Official VideoMAE v1/v2: `encoder.`-prefixed pre-training files or un-prefixed fine-tuned ones."""
     prefix = "encoder." if "encoder.patch_embed.proj.weight" in m.source else ""
     _move_encoder(m, f"{prefix}patch_embed.proj", f"{prefix}norm", lambda: m.blocks(f"{prefix}blocks", "encoder.blocks"))
     _videomae_decoder(m, lambda: m.blocks("decoder.blocks", "decoder.decoder_blocks"))
-    return "videomae_1d", False
+    return "videomae_1d", False, None
 
 
-def _hf_videomae(m: _Mapper) -> tuple[str, bool]:
+def _hf_videomae(m: _Mapper) -> tuple[str, bool, None]:
     """Hugging Face's VideoMAE: `videomae.`-prefixed (ForPreTraining, ForVideoClassification) or not (VideoMAEModel)."""
     prefix = "videomae." if any(k.startswith("videomae.") for k in m.source) else ""
     _move_encoder(m, f"{prefix}embeddings.patch_embeddings.projection", f"{prefix}layernorm",
                   lambda: m.hf_blocks(f"{prefix}encoder.layer", "encoder.blocks"))
     _videomae_decoder(m, lambda: m.hf_blocks("decoder.decoder_layers", "decoder.decoder_blocks"))
-    return "videomae_1d", False
+    return "videomae_1d", False, None
 
 
 def _move_encoder(m: _Mapper, patch: str, norm: str, move_blocks) -> None:
@@ -266,14 +271,14 @@ def import_weights(path: str | Path) -> Imported:
         raise WeightsError(f"{path}: {error}") from None
     mapper = _Mapper(tensors)
     if kind == "timm":
-        pos_embed, cls_token = _timm(mapper, path)
+        pos_embed, cls_token, pos_size = _timm(mapper, path)
     elif kind == "videomae":
-        pos_embed, cls_token = _videomae(mapper)
+        pos_embed, cls_token, pos_size = _videomae(mapper)
     else:
-        pos_embed, cls_token = _hf_videomae(mapper)
+        pos_embed, cls_token, pos_size = _hf_videomae(mapper)
     ignored = mapper.finish(path)
     del hf_config  # the architecture comes from cmae's config; the weights' shapes are checked on load
-    return Imported(path, kind, mapper.out, pos_embed, cls_token, ignored)
+    return Imported(path, kind, mapper.out, pos_embed, cls_token, ignored, pos_size=pos_size)
 
 
 def load_imported(method: torch.nn.Module, imported: Imported) -> str:

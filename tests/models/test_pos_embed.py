@@ -48,7 +48,7 @@ def test_joint_table_is_videomaes():
     assert torch.allclose(position_table("joint", 48, (2, 4, 4)), reference, atol=1e-6)
     assert torch.equal(position_table("separable", 48, (2, 4, 4)), sincos_3d(48, (2, 4, 4)))
     with pytest.raises(ValueError, match="model.pos_embed"):
-        position_table("learned", 48, (2, 4, 4))
+        position_table("fixed", 48, (2, 4, 4))
 
 
 def mae_reference_table(dim: int, size: int) -> torch.Tensor:

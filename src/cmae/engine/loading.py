@@ -63,10 +63,12 @@ def load_pretrained(
 
 
 def adopt_architecture(config: Config, imported: Imported) -> None:
-    """What a foreign file fixes about the model: its position table and class token."""
+    """What a foreign file fixes about the model: its position table (a learned one's size) and class token."""
     if imported.format != "cmae":
         config.model.pos_embed = imported.pos_embed
         config.model.cls_token = imported.cls_token
+        if imported.pos_size is not None:
+            config.model.pos_size = imported.pos_size
 
 
 def initialize_from(path: str | Path, config: Config) -> Imported:

@@ -51,7 +51,8 @@ class MAE(Method):
             embed_dim=config.model.decoder_dim,
             depth=config.model.decoder_depth,
             num_heads=config.model.decoder_heads,
-            pos_embed=config.model.pos_embed,
+            # the pixel decoder's table stays fixed (MAE's decoder_pos_embed), even under a learned encoder table
+            pos_embed="mae_2d" if config.model.pos_embed == "learned" else config.model.pos_embed,
             init=config.model.decoder_init,
         )
 

@@ -32,6 +32,7 @@ def build_encoder(config: ModelConfig) -> VisionTransformer | ConvViT:
         cls_token=config.cls_token,
         pos_embed=config.pos_embed,
         init=config.init,
+        pos_size=config.pos_size,
     )
 
 
@@ -41,6 +42,8 @@ def _build_convvit(config: ModelConfig) -> ConvViT:
         raise ConfigError(f"model.patch_size={config.patch_size}: {config.name} has a fixed stride of 16 (use 0 or 16)")
     if config.cls_token:
         raise ConfigError(f"model.cls_token=true: {config.name} has no class token (pool its tokens instead)")
+    if config.pos_embed == "learned":
+        raise ConfigError(f"model.pos_embed=learned: {config.name} takes fixed tables only")
     size = CONVVIT_PRESETS[config.name]
     return ConvViT(
         widths=size.widths,

@@ -126,6 +126,18 @@ def pos_embed_for(dim: int, grid: tuple[int, int, int], like: torch.Tensor, kind
     return _cached_table(kind, dim, grid).to(device=like.device, dtype=like.dtype)[None]
 
 
+def resample_table(table: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """A learned square table `[1, S*S, D]` -> `[1, T'*H'*W', D]`: resampled bicubically (with
+    antialiasing, as timm's `resample_abs_pos_embed`) to H' x W' when that differs, repeated over T'."""
+    t, h, w = grid
+    side = round(table.shape[1] ** 0.5)
+    if (h, w) != (side, side):
+        square = table.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        square = F.interpolate(square, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+        table = square.permute(0, 2, 3, 1).reshape(1, h * w, -1).to(table.dtype)
+    return table.repeat(1, t, 1)
+
+
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, *args, checkpointing: bool = False) -> torch.Tensor:
     """x -> blocks[-1](...blocks[0](x, *args)...). With `checkpointing` (while gradients are on),
     each block's activations are recomputed in backward instead of kept (`train.grad_checkpointing`);
@@ -158,6 +170,7 @@ class VisionTransformer(nn.Module):
         cls_token: bool = False,
         pos_embed: str = "separable",
         init: str = "normal",
+        pos_size: int = 14,
     ):
         super().__init__()
         self.embed_dim = embed_dim
@@ -174,6 +187,14 @@ class VisionTransformer(nn.Module):
         init_linear_map(self.patch_embed.proj, init)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
+        # pos_embed="learned" (timm's supervised ViTs): a trained 2D table of pos_size x pos_size places,
+        # resampled to each input's grid and shared by its time steps, and the class token's own code
+        self.learned_pos_embed = self.cls_pos_embed = None
+        if pos_embed == "learned":
+            self.learned_pos_embed = nn.Parameter(torch.zeros(1, pos_size * pos_size, embed_dim))
+            nn.init.trunc_normal_(self.learned_pos_embed, std=0.02)
+            if self.cls_token is not None:
+                self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
 
     @property
     def patch_size(self) -> int:
@@ -194,7 +215,7 @@ class VisionTransformer(nn.Module):
     def layer_id(self, name: str) -> int:
         """Depth of a parameter for layer-wise lr decay: 0 for the embedding and class token,
         i + 1 for `blocks.i.*`, depth + 1 for the final norm (and any head above it)."""
-        if name.startswith(("patch_embed", "cls_token")):
+        if name.startswith(("patch_embed", "cls_token", "learned_pos_embed", "cls_pos_embed")):
             return 0
         if name.startswith("blocks."):
             return int(name.split(".")[1]) + 1
@@ -204,7 +225,11 @@ class VisionTransformer(nn.Module):
         """Patch tokens plus position code, `[B, N, D]`, or `[B, K, D]` for the `visible` ones only
         (no class token)."""
         tokens = self.patch_embed(x, visible)
-        table = pos_embed_for(self.embed_dim, self.token_grid(x.shape), tokens, self.pos_embed)
+        grid = self.token_grid(x.shape)
+        if self.learned_pos_embed is not None:
+            table = resample_table(self.learned_pos_embed, grid).to(tokens.dtype)
+        else:
+            table = pos_embed_for(self.embed_dim, grid, tokens, self.pos_embed)
         if visible is None:
             return tokens + table
         return tokens + gather_tokens(table, visible)
@@ -212,7 +237,8 @@ class VisionTransformer(nn.Module):
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Run the transformer on already-embedded tokens `[B, K, D]` (class token prepended here)."""
         if self.cls_token is not None:
-            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+            cls = self.cls_token if self.cls_pos_embed is None else self.cls_token + self.cls_pos_embed
+            tokens = torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         return self.norm(run_blocks(self.blocks, tokens, checkpointing=self.grad_checkpointing))
 
     def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
