@@ -45,7 +45,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 from cmae.engine.loading import load_pretrained  # noqa: E402
-from cmae.interop import WeightsError, import_weights  # noqa: E402
+from cmae.interop import WeightsError, import_weights, load_imported  # noqa: E402
 from cmae.models.pos_embed import position_table  # noqa: E402
 from tests.helpers import TINY_INPUT, TINY_MODEL  # noqa: E402
 
@@ -111,6 +111,9 @@ def test_hf_videomae_model_folder_matches_hf(tmp_path):
     randomize_biases(hf)
     hf.save_pretrained(tmp_path / "hf")
     _, method = load_pretrained(tmp_path / "hf", "configs/pretrain/videomae_vit_b_k400.yaml", ["model.name=vit_small"])
+    hf.config.layer_norm_eps = 1e-12  # Hugging Face's default: reported, not hidden
+    hf.config.save_pretrained(tmp_path / "hf")
+    assert "layer_norm_eps is 1e-12" in load_imported(method, import_weights(tmp_path / "hf"))
     clip = torch.randn(1, 3, 16, 224, 224)
     with torch.no_grad():
         expected = hf(clip.transpose(1, 2)).last_hidden_state
@@ -204,6 +207,7 @@ def test_linprobe_reads_a_hugging_face_folder_and_finetune_inits_from_an_officia
                             "eval.probe_epochs=3"], capture_output=True, text=True)
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert "Hugging Face VideoMAE" in probe.stdout and "linprobe: top1" in probe.stdout
+    assert "note" not in probe.stdout  # eps 1e-6 as cmae's: nothing to report
     tune = subprocess.run([*cli, "finetune", "--init", str(tmp_path / "official.pth"), "--config",
                            "configs/demo/videomae.yaml", "--output", str(tmp_path / "ft"), *data,
                            "finetune.epochs=1", "finetune.batch_size=8"], capture_output=True, text=True)

@@ -64,6 +64,7 @@ class Imported:
     ignored: dict[str, int] = field(default_factory=dict)  # rule -> keys dropped by it
     config: dict | None = None  # a cmae checkpoint's config
     pos_size: int | None = None  # a learned table's grid side
+    notes: list[str] = field(default_factory=list)  # differences the report mentions
 
 
 def _torch_load(path: Path) -> object:
@@ -277,8 +278,12 @@ def import_weights(path: str | Path) -> Imported:
     else:
         pos_embed, cls_token, pos_size = _hf_videomae(mapper)
     ignored = mapper.finish(path)
-    del hf_config  # the architecture comes from cmae's config; the weights' shapes are checked on load
-    return Imported(path, kind, mapper.out, pos_embed, cls_token, ignored, pos_size=pos_size)
+    # The architecture comes from cmae's config (shapes are checked on load); what a shape cannot show:
+    notes = []
+    eps = (hf_config or {}).get("layer_norm_eps", 1e-6)
+    if eps != 1e-6:
+        notes.append(f"its config's layer_norm_eps is {eps:g}, cmae's 1e-6: outputs differ by about 1e-6 relative")
+    return Imported(path, kind, mapper.out, pos_embed, cls_token, ignored, pos_size=pos_size, notes=notes)
 
 
 def load_imported(method: torch.nn.Module, imported: Imported) -> str:
@@ -315,6 +320,7 @@ def load_imported(method: torch.nn.Module, imported: Imported) -> str:
             lines.append(f"  pixel decoder: {len(decoder)} tensors not loaded (this model's decoder differs "
                          "in shape or has none); it starts from its initialisation")
     lines += [f"  not loaded, {rule}: {count} tensors" for rule, count in imported.ignored.items()]
+    lines += [f"  note: {note}" for note in imported.notes]
     return "\n".join(lines)
 
 
