@@ -236,3 +236,52 @@ def test_mean_pooling_classifier_has_videomaes_layout(tmp_path, capsys):
     clip = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         assert (classifier(clip) - hf(clip.transpose(1, 2)).logits).abs().max() < 1e-5
+
+
+def mae_st_reference(state: dict, clip: torch.Tensor, heads: int) -> torch.Tensor:
+    """MAE-ST's encoder as its code describes it (models_vit / util/video_vit, sep_pos_embed, no class
+    token), written out here: Conv3d patches in (t, h*w) order, spatial table repeated over time plus
+    the temporal table repeated over space, blocks with separate q / k / v, the final norm."""
+    import torch.nn.functional as F
+
+    weight = state["patch_embed.proj.weight"]
+    x = F.conv3d(clip, weight, state["patch_embed.proj.bias"], stride=weight.shape[2:])  # [B, D, T, H, W]
+    b, d, t = x.shape[:3]
+    x = x.flatten(3).permute(0, 2, 3, 1).reshape(b, -1, d)  # [B, T*H*W, D]
+    hw = x.shape[1] // t
+    x = x + state["pos_embed_spatial"].repeat(1, t, 1) + state["pos_embed_temporal"].repeat_interleave(hw, dim=1)
+    norm = lambda y, name: F.layer_norm(y, (d,), state[f"{name}.weight"], state[f"{name}.bias"], eps=1e-6)  # noqa: E731
+    for i in range(len({k.split(".")[1] for k in state if k.startswith("blocks.")})):
+        p = f"blocks.{i}"
+        h = norm(x, f"{p}.norm1")
+        q, k, v = (F.linear(h, state[f"{p}.attn.{n}.weight"], state[f"{p}.attn.{n}.bias"])
+                   .reshape(b, -1, heads, d // heads).transpose(1, 2) for n in "qkv")
+        attention = ((q @ k.transpose(-2, -1)) * (d // heads) ** -0.5).softmax(-1) @ v
+        x = x + F.linear(attention.transpose(1, 2).reshape(b, -1, d), state[f"{p}.attn.proj.weight"],
+                         state[f"{p}.attn.proj.bias"])
+        h = F.gelu(F.linear(norm(x, f"{p}.norm2"), state[f"{p}.mlp.fc1.weight"], state[f"{p}.mlp.fc1.bias"]))
+        x = x + F.linear(h, state[f"{p}.mlp.fc2.weight"], state[f"{p}.mlp.fc2.bias"])
+    return norm(x, "norm")
+
+
+def test_mae_st_file_with_separable_learned_tables_matches_its_reference(tmp_path, capsys):
+    torch.manual_seed(0)
+    d, hidden, depth = 48, 192, 2
+    shapes = {"patch_embed.proj.weight": (d, 3, 2, 8, 8), "patch_embed.proj.bias": (d,),
+              "pos_embed_spatial": (1, 16, d), "pos_embed_temporal": (1, 2, d), "norm.weight": (d,), "norm.bias": (d,),
+              "mask_token": (1, 1, 32), "decoder_embed.weight": (32, d)}  # a pre-training file's decoder: dropped
+    for i in range(depth):
+        for name, shape in (("norm1", (d,)), ("norm2", (d,)), ("attn.proj", (d, d)), ("mlp.fc1", (hidden, d)),
+                            ("mlp.fc2", (d, hidden)), ("attn.q", (d, d)), ("attn.k", (d, d)), ("attn.v", (d, d))):
+            shapes[f"blocks.{i}.{name}.weight"] = shape
+            shapes[f"blocks.{i}.{name}.bias"] = (shape[0],)
+    state = {k: torch.randn(shape) * 0.1 + (1.0 if k.endswith(("norm1.weight", "norm2.weight", "norm.weight")) else 0)
+             for k, shape in shapes.items()}
+    torch.save({"model": state, "args": argparse.Namespace(sep_pos_embed=True)}, tmp_path / "mae_st.pth")
+    config, method = load_pretrained(tmp_path / "mae_st.pth", "configs/demo/videomae.yaml",
+                                     [*TINY_MODEL, *TINY_INPUT, "data.num_frames=4"])
+    assert (config.model.pos_embed, config.model.pos_size, config.model.pos_frames) == ("learned", 4, 2)
+    assert "mae_st's pixel decoder: 2 tensors" in capsys.readouterr().out
+    clip = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert (method.encoder(clip) - mae_st_reference(state, clip, heads=2)).abs().max() < 1e-5

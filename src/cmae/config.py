@@ -88,6 +88,7 @@ class ModelConfig:
     # learned: a trained 2D table of pos_size x pos_size places (timm's supervised ViTs), resampled to the grid
     pos_embed: Literal["separable", "mae_2d", "videomae_1d", "joint", "learned"] = "separable"
     pos_size: int = 14  # pos_embed=learned: the side of the table's grid (224 / 16)
+    pos_frames: int = 0  # pos_embed=learned: token time steps of a temporal table added to it (mae_st); 0: none
     # the encoder's linear layers and patch projection: normal = N(0, 0.02) at every width (Hugging Face's
     # VideoMAE, BEiT) | xavier (MAE's and VideoMAE's code: larger draws at small widths, which learn less)
     init: Literal["xavier", "normal"] = "normal"
@@ -258,7 +259,7 @@ _RULES: dict[str, tuple[Any, str]] = {
         "data.num_workers", "data.max_shift", "data.pixel_shift", "data.frame_gap", "model.patch_size",
         "model.decoder_depth", "method.con_weight", "method.con_start_epoch", "train.base_lr", "train.lr",
         "train.min_lr", "train.warmup_epochs", "train.weight_decay", "train.clip_grad", "train.keep_every",
-        "train.max_steps_per_epoch", "train.save_every_steps", "train.keep_checkpoints",
+        "train.max_steps_per_epoch", "model.pos_frames", "train.save_every_steps", "train.keep_checkpoints",
         "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay",
         "finetune.base_lr", "finetune.min_lr", "finetune.warmup_epochs", "finetune.weight_decay",
         "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad")},

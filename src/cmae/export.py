@@ -107,7 +107,9 @@ def timm_vit(checkpoint: str | Path, output: str | Path) -> Path:
         raise ConfigError(f"model.tubelet_size={encoder.tubelet_size}: timm's ViT takes images (tubelet 1)")
     side = config.data.image_size // encoder.patch_size
     if encoder.learned_pos_embed is not None:
-        table = resample_table(encoder.learned_pos_embed.detach(), (1, side, side))[0]
+        time = encoder.learned_time_pos_embed
+        table = resample_table(encoder.learned_pos_embed.detach(), (1, side, side),
+                               None if time is None else time.detach())[0]
     else:
         table = position_table(config.model.pos_embed, encoder.embed_dim, (1, side, side))
     if encoder.cls_token is not None:  # MAE's zero row, or a learned table's class-token code

@@ -29,6 +29,7 @@ FORMATS = {
     "timm": "MAE / timm / ViC-MAE ViT (2D patches, qkv, cls_token, fixed or learned pos_embed)",
     "videomae": "official VideoMAE v1/v2 (Conv3d tubelets, q_bias / v_bias, encoder. / decoder.)",
     "hf_videomae": "Hugging Face VideoMAE (VideoMAEModel / ForPreTraining / ForVideoClassification)",
+    "mae_st": "MAE-ST (mae_st: separate q / k / v, learned space and time tables)",
 }
 
 # Keys a file may hold that cmae's encoder and decoder have no place for: dropped, and reported.
@@ -64,6 +65,7 @@ class Imported:
     ignored: dict[str, int] = field(default_factory=dict)  # rule -> keys dropped by it
     config: dict | None = None  # a cmae checkpoint's config
     pos_size: int | None = None  # a learned table's grid side
+    pos_frames: int | None = None  # a learned temporal table's length (mae_st)
     notes: list[str] = field(default_factory=list)  # differences the report mentions
 
 
@@ -121,6 +123,8 @@ def detect_format(state: dict[str, torch.Tensor]) -> str:
         return "hf_videomae"
     if any(k.endswith("attn.q_bias") for k in keys) or "encoder.patch_embed.proj.weight" in keys:
         return "videomae"
+    if "pos_embed_spatial" in keys or any(k.endswith("attn.q.weight") for k in keys):
+        return "mae_st"
     if "patch_embed.proj.weight" in keys:
         return "timm"
     raise WeightsError(f"unknown layout (first keys: {', '.join(sorted(keys)[:5])}); cmae reads "
@@ -152,6 +156,12 @@ class _Mapper:
     def blocks(self, old_prefix: str, new_prefix: str) -> None:
         """timm-named blocks (VideoMAE's with q_bias / v_bias) -> cmae's."""
         pattern = re.compile(rf"^{re.escape(old_prefix)}\.(\d+)\.(.+)$")
+        for key in [k for k in self.source if pattern.match(k) and k.endswith(".attn.q.weight")]:  # mae_st
+            attn = key.removesuffix(".q.weight")
+            new = f"{new_prefix}.{pattern.match(key).group(1)}.attn.qkv"
+            self.out[f"{new}.weight"] = torch.cat([self.source.pop(f"{attn}.{n}.weight") for n in "qkv"])
+            if f"{attn}.q.bias" in self.source:
+                self.out[f"{new}.bias"] = torch.cat([self.source.pop(f"{attn}.{n}.bias") for n in "qkv"])
         for key in [k for k in self.source if pattern.match(k)]:
             index, rest = pattern.match(key).groups()
             if rest in ("attn.q_bias", "attn.v_bias"):
@@ -222,6 +232,31 @@ def _timm(m: _Mapper, path: Path) -> tuple[str, bool, int | None]:
     return pos_embed, cls_token, pos_size
 
 
+def _mae_st(m: _Mapper, path: Path) -> tuple[str, bool, int, int]:
+    """mae_st (`sep_pos_embed`): Conv3d patches, q / k / v fused, learned spatial + temporal tables and
+    the class token's. Its pixel decoder has learned tables cmae's lacks: dropped, and counted. A
+    fine-tuned file normalises after pooling (`norm` then `head`): that norm is its classifier's."""
+    if "pos_embed" in m.source:
+        raise WeightsError(f"{path}: mae_st's joint learned table (sep_pos_embed=False) has no cmae counterpart; "
+                           "cmae reads mae_st files trained with sep_pos_embed")
+    fine_tuned = "head.weight" in m.source
+    # a fine-tuned file's `norm` follows the pooling: no per-token final norm to move
+    _move_encoder(m, "patch_embed.proj", "<none>" if fine_tuned else "norm", lambda: m.blocks("blocks", "encoder.blocks"))
+    cls_token = m.move("cls_token", "encoder.cls_token")
+    m.move("pos_embed_spatial", "encoder.learned_pos_embed")
+    m.move("pos_embed_temporal", "encoder.learned_time_pos_embed")
+    m.move("pos_embed_class", "encoder.cls_pos_embed")
+    for rule, keys in (("mae_st's pixel decoder", [k for k in m.source if k.startswith(("decoder_", "mask_token"))]),
+                       ("classification head (mae_st normalises after pooling)",
+                        [k for k in m.source if fine_tuned and k.startswith("norm.")])):
+        for key in keys:
+            m.source.pop(key)
+        if keys:
+            m.ignored[rule] = len(keys)
+    side = round(m.out["encoder.learned_pos_embed"].shape[1] ** 0.5)
+    return "learned", cls_token, side, m.out["encoder.learned_time_pos_embed"].shape[1]
+
+
 def _videomae(m: _Mapper) -> tuple[str, bool, None]:
     """Official VideoMAE v1/v2: `encoder.`-prefixed pre-training files or un-prefixed fine-tuned ones."""
     prefix = "encoder." if "encoder.patch_embed.proj.weight" in m.source else ""
@@ -270,9 +305,11 @@ def import_weights(path: str | Path) -> Imported:
         kind = detect_format(tensors)
     except WeightsError as error:
         raise WeightsError(f"{path}: {error}") from None
-    mapper = _Mapper(tensors)
+    mapper, pos_frames = _Mapper(tensors), None
     if kind == "timm":
         pos_embed, cls_token, pos_size = _timm(mapper, path)
+    elif kind == "mae_st":
+        pos_embed, cls_token, pos_size, pos_frames = _mae_st(mapper, path)
     elif kind == "videomae":
         pos_embed, cls_token, pos_size = _videomae(mapper)
     else:
@@ -283,7 +320,8 @@ def import_weights(path: str | Path) -> Imported:
     eps = (hf_config or {}).get("layer_norm_eps", 1e-6)
     if eps != 1e-6:
         notes.append(f"its config's layer_norm_eps is {eps:g}, cmae's 1e-6: outputs differ by about 1e-6 relative")
-    return Imported(path, kind, mapper.out, pos_embed, cls_token, ignored, pos_size=pos_size, notes=notes)
+    return Imported(path, kind, mapper.out, pos_embed, cls_token, ignored, pos_size=pos_size, pos_frames=pos_frames,
+                    notes=notes)
 
 
 def load_imported(method: torch.nn.Module, imported: Imported) -> str:

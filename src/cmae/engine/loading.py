@@ -69,6 +69,7 @@ def adopt_architecture(config: Config, imported: Imported) -> None:
         config.model.cls_token = imported.cls_token
         if imported.pos_size is not None:
             config.model.pos_size = imported.pos_size
+        config.model.pos_frames = imported.pos_frames or 0
 
 
 def initialize_from(path: str | Path, config: Config) -> Imported:

@@ -33,6 +33,7 @@ def build_encoder(config: ModelConfig) -> VisionTransformer | ConvViT:
         pos_embed=config.pos_embed,
         init=config.init,
         pos_size=config.pos_size,
+        pos_frames=config.pos_frames,
     )
 
 

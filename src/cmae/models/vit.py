@@ -126,16 +126,26 @@ def pos_embed_for(dim: int, grid: tuple[int, int, int], like: torch.Tensor, kind
     return _cached_table(kind, dim, grid).to(device=like.device, dtype=like.dtype)[None]
 
 
-def resample_table(table: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """A learned square table `[1, S*S, D]` -> `[1, T'*H'*W', D]`: resampled bicubically (with
-    antialiasing, as timm's `resample_abs_pos_embed`) to H' x W' when that differs, repeated over T'."""
+def resample_table(table: torch.Tensor, grid: tuple[int, int, int], time: torch.Tensor | None = None) -> torch.Tensor:
+    """A learned square table `[1, S*S, D]` (and a temporal one `[1, T0, D]`) -> `[1, T'*H'*W', D]`.
+
+    The square is resampled bicubically (with antialiasing, as timm's `resample_abs_pos_embed`) to
+    H' x W' when that differs and repeated over T'; the temporal table, linearly resampled to T'
+    when that differs, is added to every place of its time step (mae_st's `sep_pos_embed`).
+    """
     t, h, w = grid
     side = round(table.shape[1] ** 0.5)
     if (h, w) != (side, side):
         square = table.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
         square = F.interpolate(square, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
         table = square.permute(0, 2, 3, 1).reshape(1, h * w, -1).to(table.dtype)
-    return table.repeat(1, t, 1)
+    table = table.repeat(1, t, 1)
+    if time is None:
+        return table
+    if time.shape[1] != t:
+        time = F.interpolate(time.float().transpose(1, 2), size=t, mode="linear", align_corners=False)
+        time = time.transpose(1, 2).to(table.dtype)
+    return table + time.repeat_interleave(h * w, dim=1)
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, *args, checkpointing: bool = False) -> torch.Tensor:
@@ -171,6 +181,7 @@ class VisionTransformer(nn.Module):
         pos_embed: str = "separable",
         init: str = "normal",
         pos_size: int = 14,
+        pos_frames: int = 0,
     ):
         super().__init__()
         self.embed_dim = embed_dim
@@ -189,10 +200,14 @@ class VisionTransformer(nn.Module):
             nn.init.normal_(self.cls_token, std=0.02)
         # pos_embed="learned" (timm's supervised ViTs): a trained 2D table of pos_size x pos_size places,
         # resampled to each input's grid and shared by its time steps, and the class token's own code
-        self.learned_pos_embed = self.cls_pos_embed = None
+        # (pos_frames > 0: plus a trained table over that many token time steps, mae_st's sep_pos_embed)
+        self.learned_pos_embed = self.cls_pos_embed = self.learned_time_pos_embed = None
         if pos_embed == "learned":
             self.learned_pos_embed = nn.Parameter(torch.zeros(1, pos_size * pos_size, embed_dim))
             nn.init.trunc_normal_(self.learned_pos_embed, std=0.02)
+            if pos_frames > 0:
+                self.learned_time_pos_embed = nn.Parameter(torch.zeros(1, pos_frames, embed_dim))
+                nn.init.trunc_normal_(self.learned_time_pos_embed, std=0.02)
             if self.cls_token is not None:
                 self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
 
@@ -215,7 +230,7 @@ class VisionTransformer(nn.Module):
     def layer_id(self, name: str) -> int:
         """Depth of a parameter for layer-wise lr decay: 0 for the embedding and class token,
         i + 1 for `blocks.i.*`, depth + 1 for the final norm (and any head above it)."""
-        if name.startswith(("patch_embed", "cls_token", "learned_pos_embed", "cls_pos_embed")):
+        if name.startswith(("patch_embed", "cls_token", "learned_", "cls_pos_embed")):
             return 0
         if name.startswith("blocks."):
             return int(name.split(".")[1]) + 1
@@ -227,7 +242,7 @@ class VisionTransformer(nn.Module):
         tokens = self.patch_embed(x, visible)
         grid = self.token_grid(x.shape)
         if self.learned_pos_embed is not None:
-            table = resample_table(self.learned_pos_embed, grid).to(tokens.dtype)
+            table = resample_table(self.learned_pos_embed, grid, self.learned_time_pos_embed).to(tokens.dtype)
         else:
             table = pos_embed_for(self.embed_dim, grid, tokens, self.pos_embed)
         if visible is None:
