@@ -181,7 +181,7 @@ class _Mapper:
         for i in indices:
             p = f"{old_prefix}.{i}"
             attention = [self.source.pop(f"{p}.attention.attention.{n}.weight") for n in ("query", "key", "value")]
-            # older transformers name the biases query.bias / value.bias, newer q_bias / v_bias
+            # transformers 5's modules name the biases query.bias / value.bias; saved files and transformers 4, q_bias
             q_bias = self.source.pop(f"{p}.attention.attention.query.bias", None)
             q_bias = self.source.pop(f"{p}.attention.attention.q_bias", q_bias)
             v_bias = self.source.pop(f"{p}.attention.attention.value.bias", None)
