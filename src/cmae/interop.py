@@ -131,13 +131,11 @@ def detect_format(state: dict[str, torch.Tensor]) -> str:
                        + "; ".join(FORMATS.values()))
 
 
-def _fuse_qkv(q_weight, k_weight, v_weight, q_bias, v_bias) -> dict[str, torch.Tensor]:
-    """Separate q / k / v (VideoMAE and HF keep no key bias) -> one qkv with a zero key bias."""
-    weight = torch.cat([q_weight, k_weight, v_weight]) if k_weight is not None else q_weight
-    width = weight.shape[0] // 3
+def _qkv_bias(width: int, q_bias: torch.Tensor | None, v_bias: torch.Tensor | None) -> torch.Tensor:
+    """VideoMAE's and HF's q / v biases (no key bias; none at all without qkv_bias) -> cmae's qkv bias."""
     q_bias = torch.zeros(width) if q_bias is None else q_bias
     v_bias = torch.zeros(width) if v_bias is None else v_bias
-    return {"attn.qkv.weight": weight, "attn.qkv.bias": torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])}
+    return torch.cat([q_bias, torch.zeros_like(q_bias), v_bias])
 
 
 class _Mapper:
@@ -174,7 +172,7 @@ class _Mapper:
             v_bias = self.source.pop(f"{old_prefix}.{index}.attn.v_bias", None)
             bias_key = weight_key.replace(".weight", ".bias")
             if bias_key not in self.out:  # VideoMAE's q / v biases, or none: cmae's qkv always has one
-                self.out[bias_key] = _fuse_qkv(self.out[weight_key], None, None, q_bias, v_bias)["attn.qkv.bias"]
+                self.out[bias_key] = _qkv_bias(self.out[weight_key].shape[0] // 3, q_bias, v_bias)
 
     def hf_blocks(self, old_prefix: str, new_prefix: str) -> None:
         indices = sorted({int(m.group(1)) for k in self.source if (m := re.match(rf"{re.escape(old_prefix)}\.(\d+)\.", k))})
@@ -186,8 +184,8 @@ class _Mapper:
             q_bias = self.source.pop(f"{p}.attention.attention.q_bias", q_bias)
             v_bias = self.source.pop(f"{p}.attention.attention.value.bias", None)
             v_bias = self.source.pop(f"{p}.attention.attention.v_bias", v_bias)
-            for name, value in _fuse_qkv(*attention, q_bias, v_bias).items():
-                self.out[f"{new_prefix}.{i}.{name}"] = value
+            self.out[f"{new_prefix}.{i}.attn.qkv.weight"] = torch.cat(attention)
+            self.out[f"{new_prefix}.{i}.attn.qkv.bias"] = _qkv_bias(attention[0].shape[0], q_bias, v_bias)
             for hf_name, name in _HF_BLOCK.items():
                 for part in ("weight", "bias"):
                     self.move(f"{p}.{hf_name}.{part}", f"{new_prefix}.{i}.{name}.{part}")

@@ -235,25 +235,25 @@ def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.dev
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
-    run, stop = None, StopSignals()
-    try:
-        stop.__enter__()  # from the start: a signal during start-up stops the run after its first step
-        run = start_run(config, output, make_job, device, dist_info)
-        run.stop = stop
-        if resume is not None:
-            restore_state(run, resume, resume_override)
-        if dist_info.is_main:
-            save_config(config, output / "config.yaml")
-        run.metrics.open_tensorboard(config.train.tensorboard, purge_step=run.step + 1 if resume else None)
-        run.started = time.time()
-        for epoch in range(run.start_epoch, run.train.epochs):
-            train_one_epoch(run, epoch)
-        return summarize(run)
-    finally:
-        stop.__exit__()
-        if run is not None:
-            run.metrics.close()
-        cleanup()
+    run = None
+    # handlers from the start: a signal during start-up stops the run after its first step
+    with StopSignals() as stop:
+        try:
+            run = start_run(config, output, make_job, device, dist_info)
+            run.stop = stop
+            if resume is not None:
+                restore_state(run, resume, resume_override)
+            if dist_info.is_main:
+                save_config(config, output / "config.yaml")
+            run.metrics.open_tensorboard(config.train.tensorboard, purge_step=run.step + 1 if resume else None)
+            run.started = time.time()
+            for epoch in range(run.start_epoch, run.train.epochs):
+                train_one_epoch(run, epoch)
+            return summarize(run)
+        finally:
+            if run is not None:
+                run.metrics.close()
+            cleanup()
 
 
 def start_run(config: Config, output: Path, make_job: Callable[[torch.device], Job], device: torch.device,
