@@ -38,8 +38,15 @@ class InputError(ValueError):
 
 @dataclass
 class DataConfig:
-    train: str = ""  # list file of `<path> <label>` lines, or an ImageFolder directory
+    # a list file, an ImageFolder directory, or (data.train of pretrain) tar shards DIR/shard-{000000..000099}.tar
+    train: str = ""
     val: str = ""
+    # auto | path_label (`path label`, VideoMAE/mmaction) | videomae_v2 (`path 0 -1`, unlabelled) |
+    # rawframes (`frame_dir total_frames label`) | csv (a header naming path[,label][,total_frames])
+    list_format: Literal["auto", "path_label", "videomae_v2", "rawframes", "csv"] = "auto"
+    frame_template: str = "img_{:05d}.jpg"  # rawframes: a frame's file name from its number (mmaction's)
+    frame_start: int = 1  # rawframes: the number of the first frame file (mmaction counts from 1)
+    shuffle_buffer: int = 100  # tar shards: samples (still encoded) each loader worker shuffles among
     num_frames: int = 16  # frames per clip fed to the encoder (1 for image MAE)
     sampling_rate: int = 4  # stride between sampled frames
     image_size: int = 224

@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 
 from cmae.config import DataConfig
-from cmae.data.dataset import VideoDataset
+from cmae.data.dataset import FrameFolderSource, VideoDataset
+from cmae.data.lists import read_samples
 from cmae.data.views import ClipView
 
 
@@ -75,3 +76,20 @@ def test_cache_decoded_decodes_each_video_once(synth_dir, tmp_path):
     assert torch.equal(clip(cached, 0), first[0]) and torch.equal(clip(cached, 1), first[1])
     with pytest.warns(UserWarning, match="clip.mp4"), pytest.raises(RuntimeError):
         plain[0]  # without the cache the file is gone
+
+
+def test_raw_frame_folders_read_through_the_template(tmp_path):
+    for name, count in (("walk", 6), ("run", 5)):
+        (tmp_path / "frames" / name).mkdir(parents=True)
+        for k in range(1, count + 1):  # mmaction numbers frames from 1
+            Image.new("RGB", (40, 32), (10 * k, 0, 0)).save(tmp_path / "frames" / name / f"img_{k:05d}.png")
+    (tmp_path / "frames.txt").write_text("frames/walk 6 1\nframes/run 5 0\n")
+    dataset = VideoDataset(read_samples(tmp_path / "frames.txt", DataConfig(frame_template="img_{:05d}.png")),
+                           make_view())
+    clip = dataset[1]
+    assert clip["video"].shape == (3, 4, 32, 32) and clip["label"] == 0
+    source = FrameFolderSource(dataset.samples[0])
+    assert source.get_frames([5, 0, 5])[:, 0, 0, 0].tolist() == [60, 10, 60]  # frame i is img_{i + 1}
+    (tmp_path / "frames" / "run" / "img_00003.png").unlink()
+    with pytest.warns(UserWarning, match=r"img_00003.png"):
+        assert dataset[1]["num_failed"] == 1  # a missing frame skips the folder like a corrupt video

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import wave
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -29,11 +30,12 @@ def brightness(k: int) -> int:
     return 10 * k + 5
 
 
-def write_video(path: Path, frames: list[np.ndarray], gop: int = 5, options: dict | None = None) -> Path:
+def write_video(path: Path, frames: list[np.ndarray], gop: int = 5, options: dict | None = None,
+                codec: str = "libx264") -> Path:
     """H.264 yuv420p at FPS; a short keyframe interval so that reads have to seek, and
     x264's default B-frames so that decode order differs from display order."""
     with av.open(str(path), "w", options=options or {}) as container:
-        stream = container.add_stream("libx264", rate=FPS)
+        stream = container.add_stream(codec, rate=FPS)
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = gop
@@ -230,3 +232,79 @@ def test_cuda_decoding_without_a_gpu_is_refused_at_start(synth_dir, tmp_path):
     with pytest.raises(ConfigError, match="data.decode_device=cuda needs a CUDA GPU"):
         pretrain(config, tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("codec", ["libvpx-vp9", "libvpx", "libsvtav1"])  # SSv2's VP9 / VP8, AV1 webm
+def test_webm_codecs(tmp_path, codec):
+    frames = [np.full((64, 64, 3), brightness(k), np.uint8) for k in range(NUM_FRAMES)]
+    path = write_video(tmp_path / "clip.webm", frames, codec=codec)
+    for backend in BACKENDS:
+        with open_video(path, backend) as reader:
+            assert reader.num_frames == NUM_FRAMES
+            assert frame_numbers(reader.get_frames([20, 3, 11])) == [20, 3, 11]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bytes_decode_like_the_file(videos, backend):
+    with open_video(videos["colour"], backend) as from_file, \
+            open_video("member.mp4", backend, data=videos["colour"].read_bytes()) as from_bytes:
+        assert torch.equal(from_file.get_frames([0, 13]), from_bytes.get_frames([0, 13]))
+
+
+def test_rotation_metadata_is_applied(tmp_path):
+    """A phone video stored landscape with a 90-degree display matrix comes out portrait, the
+    same with every backend (torchcodec applies the matrix; the PyAV reader turns the frames)."""
+    frame = np.zeros((32, 48, 3), np.uint8)
+    frame[:8, :8] = 255  # a white corner, top left as stored
+    path = tmp_path / "rotated.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.height, stream.width, stream.pix_fmt = 32, 48, "yuv420p"
+        stream.set_display_rotation(90)  # counter-clockwise
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")), *stream.encode()]:
+            container.mux(packet)
+    for backend in BACKENDS:
+        with open_video(path, backend) as reader:
+            shown = reader.get_frames([0])[0, 0]
+        assert shown.shape == (48, 32)  # portrait
+        assert shown[-4:, :4].float().mean() > 200 and shown[:4, :4].float().mean() < 50  # corner now bottom left
+
+
+def test_variable_frame_rate_decodes_in_time_order(tmp_path):
+    """Frames 50 and 100 ms apart: torchcodec returns every frame by its index, the PyAV reader
+    the frame on screen at index / average fps (its docstring); both in display order."""
+    path = tmp_path / "vfr.webm"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=FPS)
+        stream.height, stream.width, stream.pix_fmt = SIZE, SIZE, "yuv420p"
+        pts = 0
+        for k, img in enumerate(grey_frames()):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            pts += 50 if k % 2 else 100
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    for backend in BACKENDS:
+        with open_video(path, backend) as reader:
+            numbers = frame_numbers(reader.get_frames(range(reader.num_frames)))
+        assert numbers == sorted(numbers) and numbers[0] == 0 and numbers[-1] >= NUM_FRAMES - 2, (backend, numbers)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_and_audio_only_files_name_the_reason(tmp_path, backend):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(DecodeError, match=r"empty.mp4: empty file \(0 bytes\)"):
+        open_video(tmp_path / "empty.mp4", backend)
+    with av.open(str(tmp_path / "speech.m4a"), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for k in range(4):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.int16), format="s16", layout="mono")
+            samples.sample_rate, samples.pts = 16000, 1024 * k
+            for packet in stream.encode(samples):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with pytest.raises(DecodeError, match=r"speech.m4a: no video stream"):
+        open_video(tmp_path / "speech.m4a", backend)

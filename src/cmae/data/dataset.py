@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from cmae.data.decoding import DecodeError, is_image, load_image, open_video
+from cmae.data.decoding import DecodeError, check_indices, is_image, load_image, open_video
 from cmae.data.lists import Sample, read_samples
 from cmae.data.views import TrainView, render_views
 
@@ -36,9 +36,35 @@ class ImageSource:
         pass
 
 
+class FrameFolderSource:
+    """A raw-frame folder (mmaction's rawframes): frame i is the image `frame_template.format(frame_start + i)`."""
+
+    fps = 0.0
+    is_image = False
+
+    def __init__(self, sample: Sample):
+        if not sample.path.is_dir():
+            raise DecodeError(f"{sample.path}: no such frame folder")
+        self.path, self.num_frames = sample.path, sample.num_frames
+        self.template, self.start = sample.frame_template, sample.frame_start
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        idx = check_indices(indices, self.num_frames, self.path)
+        loaded = {i: load_image(self.path / self.template.format(self.start + i))[0] for i in set(idx)}
+        return torch.stack([loaded[i] for i in idx])
+
+    def close(self) -> None:
+        pass
+
+
 def open_source(path: Path, backend: str = "auto", device: str = "cpu"):
     """A video reader, or an `ImageSource` for image files."""
     return ImageSource(path) if is_image(path) else open_video(path, backend, device)
+
+
+def open_sample(sample: Sample, backend: str = "auto", device: str = "cpu"):
+    """`open_source` of the sample's file, or its raw-frame folder."""
+    return FrameFolderSource(sample) if sample.is_frame_folder else open_source(sample.path, backend, device)
 
 
 class DecodedVideo:
@@ -97,7 +123,7 @@ class VideoDataset(Dataset):
         # Readers raise DecodeError for bad files; any other error is a bug and propagates.
         source = None if self.cache is None else self.cache.get(sample.path)
         if source is None:
-            source = open_source(sample.path, self.backend, self.device)
+            source = open_sample(sample, self.backend, self.device)
             self.decodes += 1
             if self.cache is not None:
                 if not isinstance(source, ImageSource):  # an image is already held in memory

@@ -8,6 +8,7 @@ inside ``__getitem__``; that is safe in forked DataLoader workers.
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -51,7 +52,7 @@ class _Reader:
         self.close()
 
 
-def _check_indices(indices: Sequence[int], num_frames: int, path: Path) -> list[int]:
+def check_indices(indices: Sequence[int], num_frames: int, path: Path) -> list[int]:
     idx = [int(i) for i in indices]
     bad = [i for i in idx if not 0 <= i < num_frames]
     if bad:
@@ -65,21 +66,25 @@ class TorchCodecReader(_Reader):
     """torchcodec reader; "exact" seek mode scans the packet index once on open, which
     costs little and gives the true frame count and exact frame indices."""
 
-    def __init__(self, path: Path, device: str = "cpu") -> None:
+    def __init__(self, path: Path, device: str = "cpu", data: bytes | None = None) -> None:
         from torchcodec.decoders import VideoDecoder
 
         self.path = path
         # One FFmpeg thread: DataLoader workers already use every core. device="cuda": NVDEC decodes
-        # and the frames come back as CUDA tensors.
-        self._decoder = VideoDecoder(
-            str(path), seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NCHW", device=device
-        )
+        # and the frames come back as CUDA tensors. Rotation metadata is applied (torchcodec >= 0.8).
+        try:
+            self._decoder = VideoDecoder(str(path) if data is None else data, seek_mode="exact",
+                                         num_ffmpeg_threads=1, dimension_order="NCHW", device=device)
+        except ValueError as e:
+            if "video stream" in str(e):  # an audio-only file
+                raise DecodeError(f"{path}: no video stream") from e
+            raise
         meta = self._decoder.metadata
         self.num_frames = int(meta.num_frames or 0)
         self.fps = float(meta.average_fps or 0.0)
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
-        idx = torch.tensor(_check_indices(indices, self.num_frames, self.path))
+        idx = torch.tensor(check_indices(indices, self.num_frames, self.path))
         # Decode each distinct frame once, in file order, then scatter back to the request.
         unique, inverse = torch.unique(idx, sorted=True, return_inverse=True)
         try:
@@ -103,12 +108,12 @@ class PyAVReader(_Reader):
     trailing indices get the last frame and ``num_frames`` is corrected).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, data: bytes | None = None) -> None:
         import av
         from av.video.reformatter import VideoReformatter
 
         self.path = path
-        self._container = av.open(str(path))
+        self._container = av.open(str(path) if data is None else io.BytesIO(data))
         if not self._container.streams.video:
             self._container.close()
             raise DecodeError(f"{path}: no video stream")
@@ -149,6 +154,9 @@ class PyAVReader(_Reader):
         def take(i: int, j: int, frame) -> None:
             if j not in rgb:
                 rgb[j] = self._reformatter.reformat(frame, format="rgb24", **self._sws_args).to_ndarray()
+                # the display matrix's counter-clockwise turn (phone videos), as torchcodec applies it
+                if turns := round(getattr(frame, "rotation", 0) / 90) % 4:
+                    rgb[j] = np.rot90(rgb[j], turns)
             out[i] = rgb[j]
 
         k, j, prev = 0, -1, None  # next wanted position, current index, (index, frame) before it
@@ -181,7 +189,7 @@ class PyAVReader(_Reader):
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         import av
 
-        idx = [min(i, self.num_frames - 1) for i in _check_indices(indices, self._declared_frames, self.path)]
+        idx = [min(i, self.num_frames - 1) for i in check_indices(indices, self._declared_frames, self.path)]
         try:
             frames = self._decode(sorted(set(idx)), seek=True)
         except av.FFmpegError as e:
@@ -252,11 +260,13 @@ def check_decode_device(device: str, backend: str = "auto") -> None:
                            f"{_probe('torchcodec') or 'usable'}); {_INSTALL_HINT['torchcodec']}, built with CUDA")
 
 
-def open_video(path: str | Path, backend: str = "auto", device: str = "cpu") -> VideoReader:
+def open_video(path: str | Path, backend: str = "auto", device: str = "cpu", data: bytes | None = None) -> VideoReader:
     """Open ``path`` with ``backend`` ("auto": the first of available_backends()), decoding on
-    ``device`` (cuda: torchcodec's NVDEC; see `check_decode_device`).
+    ``device`` (cuda: torchcodec's NVDEC; see `check_decode_device`). With ``data``, decode those
+    bytes (a tar shard's member) and use ``path`` only to name them.
 
-    Raises DecodeError (naming the file) for anything that is not a decodable video.
+    Raises DecodeError (naming the file) for anything that is not a decodable video, with the
+    reason: no such file, an empty file, no video stream, no decodable frames, the decoder's error.
     """
     path = Path(path)
     if device != "cpu":
@@ -264,10 +274,12 @@ def open_video(path: str | Path, backend: str = "auto", device: str = "cpu") -> 
         backend = "torchcodec"
     backend = resolve_backend(backend)
 
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise DecodeError(f"{path}: no such file")
+    if (len(data) if data is not None else path.stat().st_size) == 0:
+        raise DecodeError(f"{path}: empty file (0 bytes)")
     try:
-        reader = TorchCodecReader(path, device) if backend == "torchcodec" else PyAVReader(path)
+        reader = TorchCodecReader(path, device, data) if backend == "torchcodec" else PyAVReader(path, data)
     except DecodeError:
         raise
     except Exception as e:  # each library has its own error types for bad input
@@ -283,8 +295,8 @@ def is_image(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """uint8 [1, 3, H, W] RGB image, EXIF rotation applied."""
+def load_image(path: str | Path, data: bytes | None = None) -> torch.Tensor:
+    """uint8 [1, 3, H, W] RGB image, EXIF rotation applied; from ``data`` (bytes named by ``path``) if given."""
     from PIL import Image, ImageOps
 
     # PIL rather than torchvision.io (deprecated since 0.29, ~2x faster on JPEG) or
@@ -292,7 +304,7 @@ def load_image(path: str | Path) -> torch.Tensor:
     # IMAGE_EXTENSIONS and is always installed.
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
             rgb = np.array(ImageOps.exif_transpose(img).convert("RGB"))  # [H, W, 3]
     except Exception as e:
         raise DecodeError(f"{path}: cannot load image ({type(e).__name__}: {e})") from e

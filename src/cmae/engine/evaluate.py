@@ -139,7 +139,7 @@ def cached_features(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """`extract_features` of a list file / ImageFolder, reusing `cache_dir/<key>.pt` when present.
     Returns features, labels and the number of files left out as undecodable."""
-    samples = read_samples(source)
+    samples = read_samples(source, config.data, labelled=True)
     use_cache = config.eval.cache and str(checkpoint) != "random"
     path = cache_dir / f"{_cache_key(checkpoint, samples, config)}.pt" if use_cache else None
     if path is not None and path.is_file():

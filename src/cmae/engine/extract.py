@@ -35,7 +35,7 @@ def extract(checkpoint: str | Path, output: str | Path, config_path: str | Path 
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     try:
-        samples = read_samples(config.data.val)
+        samples = read_samples(config.data.val, config.data)
         mine = list(range(info.rank, len(samples), info.world_size))
         encoder = method.encoder.eval().to(device)
         parts = [(features, labels, torch.tensor(mine)[indices])

@@ -148,10 +148,10 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
         raise ConfigError(f"fine-tuning pools 'mean' or 'cls' tokens, not eval.feature={config.eval.feature!r} "
                           "(a frozen-feature readout for linprobe / knn)")
     ft = config.finetune
-    samples = read_samples(config.data.train)
+    samples = read_samples(config.data.train, config.data, labelled=True)
     keep = balanced_fraction([s.label for s in samples], config.eval.label_fraction, config.eval.fraction_seed)
     samples = [samples[i] for i in keep]
-    val_samples = read_samples(config.data.val)
+    val_samples = read_samples(config.data.val, config.data, labelled=True)
     num_classes = max(s.label for s in samples + val_samples) + 1
     # Rebuild the encoder with fine-tuning's drop path, then take the pre-trained weights.
     encoder = build_encoder(dataclasses.replace(config.model, drop_path=ft.drop_path))

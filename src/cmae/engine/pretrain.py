@@ -28,10 +28,10 @@ __all__ = ["Job", "pretrain", "train_loop", "training_dataset", "training_sample
 
 def training_samples(config: Config) -> list[Sample]:
     """data.train, with data.train_images mixed in at data.image_ratio when given."""
-    samples = read_samples(config.data.train)
+    samples = read_samples(config.data.train, config.data)
     if config.data.train_images:
         try:
-            samples = mix_samples(samples, read_samples(config.data.train_images), config.data.image_ratio,
+            samples = mix_samples(samples, read_samples(config.data.train_images, config.data), config.data.image_ratio,
                                   config.train.seed)
         except ValueError as error:
             raise ConfigError(str(error)) from None
