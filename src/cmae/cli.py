@@ -1,9 +1,10 @@
-"""The `cmae` command: synth, pretrain, linprobe, knn, finetune, visualize, plot, extract, export, demo."""
+"""The `cmae` command: synth, prepare, pretrain, linprobe, knn, finetune, visualize, plot, extract, export, demo."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -86,6 +87,63 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.output, epochs=args.epochs, spec=spec, overrides=args.overrides)
 
 
+def cmd_prepare(args: argparse.Namespace) -> None:
+    if args.dataset == "shards":
+        from cmae.data.shards import parse_size, write_shards
+
+        summary = write_shards(args.list, args.output, parse_size(args.shard_size), args.list_format)
+        print(f"wrote {summary['samples']} samples in {summary['shards']} shards ({summary['bytes'] / 1e9:.2f} GB) "
+              f"to {args.output}; data.train={summary['pattern']}")
+        return
+    from cmae.data.prepare import prepare_dataset
+
+    resize = None
+    if getattr(args, "resize", None):
+        import functools
+
+        from cmae.data.transcode import resize_rows
+
+        resize = functools.partial(resize_rows, short_side=args.resize, workers=args.workers,
+                                   keyframe_interval=args.keyframe_interval)
+    report = prepare_dataset(args.dataset, args.root, args.output, split=args.split,
+                             val_labels=getattr(args, "val_labels", None), resize=resize)
+    print(json.dumps(report, indent=2))
+    print(f"wrote {args.output}/train.txt ({report['train_listed']}), val.txt ({report['val_listed']}) and "
+          f"classes.txt ({report['classes']}); missing {report['missing']}, orphans {report['orphans']}, "
+          f"duplicates {report['duplicates']}" + (f", resize failures {report['resize']['failed']}"
+                                                  if "resize" in report else ""))
+
+
+def add_prepare(commands) -> None:
+    prepare = commands.add_parser("prepare", help="list files from a data set's official annotations, or tar shards")
+    datasets = prepare.add_subparsers(dest="dataset", required=True)
+    helps = {"kinetics": "Kinetics-400/600/700: the train / validate CSVs and the clips",
+             "ssv2": "Something-Something v2: labels.json, the train / validation JSONs and the .webm videos",
+             "ucf101": "UCF101: classInd.txt, trainlist0N / testlist0N and the .avi videos",
+             "hmdb51": "HMDB51: the *_test_splitN.txt files and the .avi videos",
+             "imagenet": "ImageNet: train/ and val/ (a class tree, or flat with a ground-truth file)"}
+    for name, text in helps.items():
+        one = datasets.add_parser(name, help=text)
+        one.add_argument("--root", required=True, help="the data set as downloaded")
+        one.add_argument("--output", required=True, help="folder for train.txt, val.txt, classes.txt, report.json")
+        one.add_argument("--split", type=int, default=1, help="the split of UCF101 / HMDB51 (1, 2 or 3)")
+        if name == "imagenet":
+            one.add_argument("--val-labels", help="ground truth of a flat val folder (default: LOC_val_solution.csv "
+                             "under the root; or lines '<file> <synset or sorted-synset index>')")
+            continue
+        one.add_argument("--resize", type=int, metavar="SHORT_SIDE",
+                         help="re-encode the videos to this short side under OUTPUT/videos (VideoMAE: 320)")
+        one.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that re-encode")
+        one.add_argument("--keyframe-interval", type=int, default=16,
+                         help="frames between keyframes of the re-encoded videos (shorter: faster seeks, larger files)")
+    shards = datasets.add_parser("shards", help="tar shards (WebDataset layout: key.mp4 + key.cls) of a list")
+    shards.add_argument("--list", required=True, help="a list file in any data.list_format")
+    shards.add_argument("--output", required=True, help="folder for shard-NNNNNN.tar and index.json")
+    shards.add_argument("--shard-size", default="1GB", help="bytes per shard, e.g. 1GB, 500MB")
+    shards.add_argument("--list-format", default="auto", help="data.list_format of the list (default: detect)")
+    prepare.set_defaults(func=cmd_prepare)
+
+
 def add_pretrain(commands) -> None:
     pre = commands.add_parser("pretrain", help="self-supervised pre-training")
     pre.add_argument("--config", required=True, help="YAML preset, e.g. configs/demo/videomae.yaml")
@@ -137,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="distractors take the main object's colours (a clean colour label; the demo's data)")
     synth.set_defaults(func=cmd_synth)
 
+    add_prepare(commands)
     add_pretrain(commands)
 
     vis = commands.add_parser("visualize", help="draw a masked clip and its reconstruction to a PNG")
