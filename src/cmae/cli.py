@@ -91,7 +91,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     if args.dataset == "shards":
         from cmae.data.shards import parse_size, write_shards
 
-        summary = write_shards(args.list, args.output, parse_size(args.shard_size), args.list_format)
+        summary = write_shards(args.list, args.output, parse_size(args.shard_size), args.list_format, args.seed,
+                               args.samples_per_shard)
         print(f"wrote {summary['samples']} samples in {summary['shards']} shards ({summary['bytes'] / 1e9:.2f} GB) "
               f"to {args.output}; data.train={summary['pattern']}")
         return
@@ -140,7 +141,10 @@ def add_prepare(commands) -> None:
     shards.add_argument("--list", required=True, help="a list file in any data.list_format")
     shards.add_argument("--output", required=True, help="folder for shard-NNNNNN.tar and index.json")
     shards.add_argument("--shard-size", default="1GB", help="bytes per shard, e.g. 1GB, 500MB")
+    shards.add_argument("--samples-per-shard", type=int, default=0,
+                        help="also close a shard at this many samples (equal counts balance the readers best)")
     shards.add_argument("--list-format", default="auto", help="data.list_format of the list (default: detect)")
+    shards.add_argument("--seed", type=int, default=0, help="seed of the order the samples are packed in")
     prepare.set_defaults(func=cmd_prepare)
 
 

@@ -168,6 +168,9 @@ class TrainConfig(ScheduleConfig):
     save_every_steps: int = 0  # also write checkpoint-last.pt every this many steps, mid-epoch (0: epoch ends only)
     keep_checkpoints: int = 0  # also keep the last N checkpoints written, as checkpoint-stepNNNNNNN.pt
     tensorboard: bool = True  # TensorBoard event files next to metrics.jsonl (the same scalars)
+    # append `epoch step index...` lines (the samples of each step) to RUN/samples-rank{r}.txt: audits of
+    # data order, shard coverage and resume
+    log_samples: bool = False
     max_steps_per_epoch: int = 0  # 0: the whole data set each epoch (a cap is for smoke runs)
     compile: bool = False  # torch.compile the method's forward (checkpoints keep plain parameter names)
     grad_checkpointing: bool = False  # recompute each transformer block in backward: less memory, ~1/3 more compute

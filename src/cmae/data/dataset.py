@@ -25,9 +25,9 @@ class ImageSource:
     fps = 0.0
     is_image = True
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, data: bytes | None = None):
         self.path = path
-        self.image = load_image(path)  # [1, C, H, W]
+        self.image = load_image(path, data)  # [1, C, H, W]
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         return self.image.expand(len(indices), -1, -1, -1)
@@ -57,9 +57,9 @@ class FrameFolderSource:
         pass
 
 
-def open_source(path: Path, backend: str = "auto", device: str = "cpu"):
-    """A video reader, or an `ImageSource` for image files."""
-    return ImageSource(path) if is_image(path) else open_video(path, backend, device)
+def open_source(path: Path, backend: str = "auto", device: str = "cpu", data: bytes | None = None):
+    """A video reader, or an `ImageSource` for image files; of `data` (bytes named by `path`) if given."""
+    return ImageSource(path, data) if is_image(path) else open_video(path, backend, device, data)
 
 
 def open_sample(sample: Sample, backend: str = "auto", device: str = "cpu"):
@@ -79,6 +79,21 @@ class DecodedVideo:
 
     def close(self) -> None:
         pass
+
+
+def render(view: Callable, source, repeat: int = 1) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+    """The view of an open source, or `repeat` views of it decoded in one pass; closes the source."""
+    try:
+        return view(source) if repeat == 1 else render_views(view, source, repeat)
+    finally:
+        source.close()
+
+
+def tag(item: dict | list[dict], label: int, index: int, num_failed: int) -> dict | list[dict]:
+    """Add the sample's label, its index in the data set and the undecodable files it stands in for."""
+    for one in item if isinstance(item, list) else [item]:
+        one.update(label=label, index=index, num_failed=num_failed)
+    return item
 
 
 class VideoDataset(Dataset):
@@ -133,11 +148,7 @@ class VideoDataset(Dataset):
         return source
 
     def load(self, sample: Sample) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        source = self.open(sample)
-        try:
-            return self.view(source) if self.repeat == 1 else render_views(self.view, source, self.repeat)
-        finally:
-            source.close()
+        return render(self.view, self.open(sample), self.repeat)
 
     def __getitem__(self, index: int) -> dict | list[dict]:
         for attempt in range(MAX_CONSECUTIVE_FAILURES):
@@ -148,9 +159,7 @@ class VideoDataset(Dataset):
             except DecodeError as error:
                 warnings.warn(f"skipping undecodable file ({error})", stacklevel=2)
                 continue
-            for one in item if isinstance(item, list) else [item]:
-                one.update(label=sample.label, index=position, num_failed=attempt)
-            return item
+            return tag(item, sample.label, position, attempt)
         raise RuntimeError(
             f"{MAX_CONSECUTIVE_FAILURES} consecutive files from index {index} could not be decoded "
             f"(last: {self.samples[(index + MAX_CONSECUTIVE_FAILURES - 1) % len(self.samples)].path}); "

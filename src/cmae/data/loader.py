@@ -11,11 +11,12 @@ samples already consumed (`SeededSampler.set_epoch(epoch, skip=...)`).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
 
 from cmae.config import Config, ConfigError
 from cmae.distributed import DistInfo
@@ -24,6 +25,15 @@ from cmae.distributed import DistInfo
 def sample_seed(base: int, epoch: int, index: int) -> int:
     """A well-mixed 63-bit seed for one sample of one epoch (numpy's SeedSequence hashing)."""
     return int(np.random.SeedSequence([base, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run the block under `seed` on the CPU generator, then give the caller its own stream back:
+    loading inline (num_workers=0) leaves the training stream (masks, drop path) where it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # the CPU stream only: torch.manual_seed would reseed CUDA's
+        yield
 
 
 class SeededSampler(DistributedSampler):
@@ -48,9 +58,7 @@ class SeededSampler(DistributedSampler):
 
 
 class SeededSamples(Dataset):
-    """`dataset[index]` under `torch.manual_seed(seed)` for `(index, seed)` keys. The caller's
-    RNG is saved and restored around it, so loading inline (num_workers=0) leaves the training
-    process's own stream (masks, drop path) exactly where it was."""
+    """`dataset[index]` under `seeded(seed)` for `(index, seed)` keys."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -60,8 +68,7 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)  # the CPU stream only: torch.manual_seed would reseed CUDA's
+        with seeded(seed):
             return self.dataset[index]
 
 
@@ -74,24 +81,47 @@ def collate_samples(items: list) -> dict:
 
 def ignore_preemption_signals(worker_id: int) -> None:
     """Workers leave SIGTERM / SIGUSR1 to the training process: SLURM signals every process of
-    a task, and a worker killed by it would crash the loader before the checkpoint is written."""
+    a task, and a worker killed by it would crash the loader before the checkpoint is written.
+    So multiprocessing's exit handler cannot terminate them either: `close_loader` must."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def close_loader(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers. They ignore SIGTERM (`ignore_preemption_signals`), so a
+    loader still referenced at exit (say, from an exception's traceback) would otherwise hang the
+    interpreter's final join of its child processes."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()  # the one way to stop them short of dropping every reference
+    loader._iterator = None
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int, skip: int = 0) -> None:
+    """Start `epoch`, leaving out this rank's first `skip` samples (a mid-epoch resume)."""
+    if isinstance(loader.dataset, IterableDataset):
+        loader.dataset.set_epoch(epoch, skip)
+    else:
+        loader.sampler.set_epoch(epoch, skip)
 
 
 def make_loader(dataset, config: Config, dist_info: DistInfo, batch: int, train: bool = True) -> DataLoader:
     """`batch` samples per step on this rank (`batch / data.repeat` videos, each giving `data.repeat`
     samples). A DistributedSampler even for one process: its (seed, epoch) permutation makes resume
-    exact. Evaluation (train=False) keeps every sample once, in order, split over ranks."""
+    exact. Evaluation (train=False) keeps every sample once, in order, split over ranks. A streaming
+    data set (tar shards) is told the ranks, workers and batch, and orders and splits itself."""
     repeat = getattr(dataset, "repeat", 1)
     if batch % repeat:
         raise ConfigError(f"data.repeat={repeat} must divide the per-process batch of {batch} samples "
                           f"(train.batch_size / processes / accum_steps)")
     workers = config.data.num_workers
+    streaming = isinstance(dataset, IterableDataset)
+    if streaming:
+        dataset.configure(dist_info.rank, dist_info.world_size, workers, batch // repeat)
     return DataLoader(
-        SeededSamples(dataset),
+        dataset if streaming else SeededSamples(dataset),
         batch_size=batch // repeat,
-        sampler=SeededSampler(dataset, dist_info, config.train.seed, shuffle=train),
+        sampler=None if streaming else SeededSampler(dataset, dist_info, config.train.seed, shuffle=train),
         num_workers=workers,
         collate_fn=collate_samples,
         drop_last=train,

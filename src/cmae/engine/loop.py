@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cmae.config import Config, ConfigError, TrainConfig, config_from_dict, save_config
-from cmae.data.loader import make_loader
+from cmae.data.loader import close_loader, make_loader, set_loader_epoch
 from cmae.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -208,6 +208,7 @@ class Run:
     nonfinite: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     last_terms: dict[str, float] = field(default_factory=dict)
     interval: Interval = field(default_factory=Interval)
+    sample_log: TextIO | None = None  # train.log_samples
 
     @property
     def train(self) -> TrainConfig:
@@ -252,7 +253,10 @@ def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.dev
             return summarize(run)
         finally:
             if run is not None:
+                close_loader(run.loader)
                 run.metrics.close()
+                if run.sample_log is not None:
+                    run.sample_log.close()
             cleanup()
 
 
@@ -287,12 +291,13 @@ def start_run(config: Config, output: Path, make_job: Callable[[torch.device], J
     optimizer = make_optimizer(groups, lr_peak, train)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     output.mkdir(parents=True, exist_ok=True)
+    sample_log = (output / f"samples-rank{dist_info.rank}.txt").open("a") if train.log_samples else None
     return Run(config, output, job, device, dtype, dist_info, loader, optimizer, scaler, model,
                metrics=MetricsLog(output / "metrics.jsonl", enabled=dist_info.is_main),
                failures=DecodeFailures(config.data.max_failed_fraction, getattr(job.dataset, "repeat", 1)),
                steps_per_epoch=steps_per_epoch,
                warmup_steps=train.warmup_epochs * steps_per_epoch, lr_peak=lr_peak,
-               nonfinite=torch.zeros((), device=device))
+               nonfinite=torch.zeros((), device=device), sample_log=sample_log)
 
 
 def make_optimizer(groups: list[dict], lr: float, train: TrainConfig) -> torch.optim.AdamW:
@@ -330,7 +335,7 @@ def train_one_epoch(run: Run, epoch: int) -> None:
     run.model.train()
     first = run.start_epoch_step if epoch == run.start_epoch else 0
     # skip the samples a mid-epoch checkpoint already trained on (each sample's randomness is its own)
-    run.loader.sampler.set_epoch(epoch, skip=first * train.accum_steps * run.loader.batch_size)
+    set_loader_epoch(run.loader, epoch, skip=first * train.accum_steps * run.loader.batch_size)
     bar = tqdm(total=run.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{train.epochs}",
                disable=None if run.dist_info.is_main else True, dynamic_ncols=True, leave=False)
     batches = iter(run.loader)
@@ -397,6 +402,8 @@ def accumulate_gradients(run: Run, batches, epoch: int) -> dict[str, torch.Tenso
         data = next(batches)
         run.interval.data_wait += time.perf_counter() - waiting
         run.failures.update(data["num_failed"])
+        if run.sample_log is not None:
+            run.sample_log.write(f"{epoch} {run.step} {' '.join(map(str, data['index'].tolist()))}\n")
         data = to_device(data, run.device)
         # Reduce gradients over ranks on the last micro-batch only.
         with gradient_sync(run.model, micro == accum - 1):

@@ -1,5 +1,5 @@
-"""Pre-training: files -> VideoDataset(view) -> DataLoader -> method(batch) -> loss -> AdamW,
-through the one training loop of `cmae.engine.loop` (one process or many under torchrun),
+"""Pre-training: files -> VideoDataset(view) (tar shards -> ShardStream) -> DataLoader -> method(batch)
+-> loss -> AdamW, through the one training loop of `cmae.engine.loop` (one process or many under torchrun),
 with atomic checkpoints (each epoch, every `train.save_every_steps`, on SIGTERM/SIGUSR1) that
 `--resume` continues from exactly.
 """
@@ -15,7 +15,8 @@ import torch
 from cmae.config import Config, ConfigError
 from cmae.data.dataset import VideoDataset
 from cmae.data.decoding import check_decode_device
-from cmae.data.lists import Sample, mix_samples, read_samples
+from cmae.data.lists import Sample, is_shard_pattern, mix_samples, read_samples
+from cmae.data.shards import ShardStream
 from cmae.data.views import build_view
 from cmae.engine.loading import initialize_from
 from cmae.engine.loop import Job, train_loop
@@ -38,15 +39,25 @@ def training_samples(config: Config) -> list[Sample]:
     return samples
 
 
-def training_dataset(config: Config, device: torch.device | None = None) -> VideoDataset:
-    """The pre-training samples through the method's train-time views (`data.*` settings). With
-    `data.decode_device=cuda`, frames are decoded on this process's GPU (`device`)."""
+def training_dataset(config: Config, device: torch.device | None = None) -> VideoDataset | ShardStream:
+    """The pre-training samples through the method's train-time views (`data.*` settings): from a
+    list or image folder, or streamed from tar shards. With `data.decode_device=cuda`, frames are
+    decoded on this process's GPU (`device`)."""
     data = config.data
     if not data.train:
-        raise ConfigError("data.train is not set: give a list file or an ImageFolder directory")
+        raise ConfigError("data.train is not set: give a list file, an ImageFolder directory or tar shards")
     check_decode_device(data.decode_device, data.decoder)
     decode_on = str(device) if data.decode_device == "cuda" and device is not None and device.type == "cuda" \
         else data.decode_device  # spawned workers do not inherit torch.cuda.set_device: name the GPU
+    if is_shard_pattern(data.train):
+        if data.train_images:
+            raise ConfigError(f"data.train_images does not mix into tar shards (data.train={data.train}); "
+                              "pack the images into the shards' list instead")
+        if data.cache_decoded:
+            raise ConfigError("data.cache_decoded does not work with tar shards, which stream each epoch anew; "
+                              "set data.cache_decoded=false")
+        return ShardStream(data.train, build_view(data, train=True), backend=data.decoder, device=decode_on,
+                           repeat=data.repeat, seed=config.train.seed, shuffle_buffer=data.shuffle_buffer)
     return VideoDataset(training_samples(config), build_view(data, train=True), backend=data.decoder,
                         cache_decoded=data.cache_decoded, repeat=data.repeat, device=decode_on)
 
