@@ -72,3 +72,12 @@ def test_loader_benchmark_prints_loader_and_model_rates(synth_dir):
         assert float(loader) > 0 and float(model) > 0
         # printed to 2 decimals from rates printed to 1
         assert float(ratio.strip().rstrip("x")) == pytest.approx(float(loader) / float(model), rel=0.02, abs=0.006)
+
+
+def test_resize_benchmark_prints_its_table():
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "prepare_resize.py"), "--videos", "2", "--frames", "70",
+                             "--workers", "1", "--intervals", "8", "64", "--reads", "2"],
+                            capture_output=True, text=True, check=True)
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "interval" not in line]
+    assert [row[0].strip() for row in rows] == ["8", "64"]
+    assert all(float(value) > 0 for row in rows for value in row[1:])

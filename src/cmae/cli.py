@@ -135,7 +135,7 @@ def add_prepare(commands) -> None:
         one.add_argument("--resize", type=int, metavar="SHORT_SIDE",
                          help="re-encode the videos to this short side under OUTPUT/videos (VideoMAE: 320)")
         one.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that re-encode")
-        one.add_argument("--keyframe-interval", type=int, default=16,
+        one.add_argument("--keyframe-interval", type=int, default=32,
                          help="frames between keyframes of the re-encoded videos (shorter: faster seeks, larger files)")
     shards = datasets.add_parser("shards", help="tar shards (WebDataset layout: key.mp4 + key.cls) of a list")
     shards.add_argument("--list", required=True, help="a list file in any data.list_format")
