@@ -137,3 +137,23 @@ def test_shards_are_for_pretraining_only(synth_dir, shards, tmp_path):
         training_dataset(load_config("configs/demo/videomae.yaml", [f"data.train={shards['pattern']}",
                                                                     "data.cache_decoded=true"]))
     assert Path(shards["pattern"]).parent.joinpath("index.json").is_file()
+
+
+def test_resuming_mid_epoch_from_shards_matches_an_uninterrupted_run(shards, tmp_path):
+    """One process, two loader workers (4 shards each), 2 steps per epoch; resumed from the
+    checkpoint after step 3, one step into epoch 2: worker 0 must pass over its first batch."""
+    from cmae.engine.pretrain import pretrain
+
+    overrides = [f"data.train={shards['pattern']}", "data.num_frames=4", "data.cache_decoded=false", *TINY_INPUT,
+                 *TINY_MODEL, "data.num_workers=2", "train.batch_size=8", "train.epochs=2", "train.warmup_epochs=1",
+                 "train.save_every_steps=1", "train.keep_checkpoints=8", "train.log_samples=true"]
+    config = load_config("configs/demo/videomae.yaml", overrides)
+    pretrain(config, tmp_path / "full")
+    pretrain(config, tmp_path / "resumed", resume=tmp_path / "full" / "checkpoint-step0000003.pt")
+    a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint-last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    for name, value in a["model"].items():
+        assert torch.allclose(value, b["model"][name], atol=1e-6), name
+    full = (tmp_path / "full" / "samples-rank0.txt").read_text().splitlines()
+    assert (tmp_path / "resumed" / "samples-rank0.txt").read_text().splitlines() == full[3:]
