@@ -238,3 +238,14 @@ def test_duplicates_are_reported_and_listed_once(tmp_path):
     assert "zz0_000010_000020" not in read_rows(tmp_path / "out" / "val.txt")
     text = (tmp_path / "out" / "duplicates.txt").read_text()
     assert "zz0_000010_000020 (listed in train and val)" in text and "ab0_000000_000010 (files: " in text
+
+
+def test_malformed_annotation_rows_are_named(tmp_path, capsys):
+    kinetics_replica(tmp_path / "root")
+    with (tmp_path / "root" / "annotations" / "train.csv").open("a") as handle:
+        handle.write("zumba,zz5,soon,40,train\n")
+    with pytest.raises(SystemExit) as stop:
+        prepare("kinetics", "--root", str(tmp_path / "root"), "--output", str(tmp_path / "out"))
+    assert stop.value.code == 2
+    assert "train.csv:8: malformed annotation (ValueError: could not convert string to float: 'soon')" in \
+        capsys.readouterr().err

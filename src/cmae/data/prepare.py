@@ -14,6 +14,7 @@ folders both work; listed paths are absolute.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -63,6 +64,17 @@ def find_one(root: Path, pattern: str, what: str) -> Path:
     return matches[0]
 
 
+@contextlib.contextmanager
+def reading(where: str):
+    """Name the annotation row (file:line, or file: entry) a missing field or a bad number came from."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
+        raise InputError(f"{where}: malformed annotation ({type(error).__name__}: {error})") from None
+
+
 def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
     return [(number, line.split()) for number, line in enumerate(path.read_text().splitlines(), start=1)
             if line.strip()]
@@ -94,12 +106,13 @@ def kinetics(root: Path, split: int) -> Annotations:
     for split_name, (path, table) in tables.items():
         rows[split_name] = []
         for number, row in enumerate(table, start=2):
-            if row["label"] not in label_of:
-                raise InputError(f"{path}:{number}: class {row['label']!r} does not occur in the train CSV")
-            stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
-            if stem not in files and row["youtube_id"] in files:  # downloads named by the video id alone
-                stem = row["youtube_id"]
-            rows[split_name].append((stem, label_of[row["label"]]))
+            with reading(f"{path}:{number}"):
+                if row["label"] not in label_of:
+                    raise InputError(f"{path}:{number}: class {row['label']!r} does not occur in the train CSV")
+                stem = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
+                if stem not in files and row["youtube_id"] in files:  # downloads named by the video id alone
+                    stem = row["youtube_id"]
+                rows[split_name].append((stem, label_of[row["label"]]))
     return Annotations(classes, rows, files)
 
 
@@ -107,17 +120,21 @@ def ssv2(root: Path, split: int) -> Annotations:
     """labels.json (template -> index) and something-something-v2-{train,validation}.json
     (entries with id, template, label, placeholders); videos `{id}.webm`."""
     labels_path = find_one(root, "labels.json", "SSv2 labels file")
-    templates = {name: int(index) for name, index in json.loads(labels_path.read_text()).items()}
+    with reading(str(labels_path)):
+        templates = {name: int(index) for name, index in json.loads(labels_path.read_text()).items()}
     classes = [name for name, _ in sorted(templates.items(), key=lambda item: item[1])]
     rows = {}
     for split_name, file_split in (("train", "train"), ("val", "validation")):
         path = find_one(root, f"something-something-v2-{file_split}.json", f"SSv2 {file_split} annotations")
         rows[split_name] = []
-        for entry in json.loads(path.read_text()):
-            template = entry["template"].replace("[", "").replace("]", "")
-            if template not in templates:
-                raise InputError(f"{path}: video {entry['id']}: template {template!r} is not in {labels_path}")
-            rows[split_name].append((str(entry["id"]), templates[template]))
+        with reading(str(path)):
+            entries = json.loads(path.read_text())
+        for number, entry in enumerate(entries, start=1):
+            with reading(f"{path}: entry {number}"):
+                template = entry["template"].replace("[", "").replace("]", "")
+                if template not in templates:
+                    raise InputError(f"{path}: video {entry['id']}: template {template!r} is not in {labels_path}")
+                rows[split_name].append((str(entry["id"]), templates[template]))
     return Annotations(classes, rows, index_files(root, VIDEO_EXTENSIONS))
 
 
@@ -129,7 +146,8 @@ def ucf101(root: Path, split: int) -> Annotations:
     for number, fields in _read_lines(class_file):
         if len(fields) != 2:
             raise InputError(f"{class_file}:{number}: expected '<index> <class>', got {' '.join(fields)!r}")
-        index_of[fields[1]] = int(fields[0]) - 1
+        with reading(f"{class_file}:{number}"):
+            index_of[fields[1]] = int(fields[0]) - 1
     classes = [name for name, _ in sorted(index_of.items(), key=lambda item: item[1])]
     rows = {}
     for split_name, prefix in (("train", "trainlist"), ("val", "testlist")):
@@ -139,7 +157,9 @@ def ucf101(root: Path, split: int) -> Annotations:
             folder = fields[0].split("/")[0]
             if folder not in index_of:
                 raise InputError(f"{path}:{number}: class folder {folder!r} is not in {class_file}")
-            if len(fields) > 1 and int(fields[1]) - 1 != index_of[folder]:
+            with reading(f"{path}:{number}"):
+                given = int(fields[1]) - 1 if len(fields) > 1 else index_of[folder]
+            if given != index_of[folder]:
                 raise InputError(f"{path}:{number}: label {fields[1]} disagrees with {class_file} "
                                  f"({folder} is {index_of[folder] + 1})")
             rows[split_name].append((Path(fields[0]).stem, index_of[folder]))
@@ -193,7 +213,8 @@ def _imagenet_val_rows(path: Path, label_of: dict[str, int]) -> list[tuple[str, 
     text = path.read_text().splitlines()
     if text and text[0].startswith("ImageId,PredictionString"):  # Kaggle: the first box's synset
         for number, line in enumerate(text[1:], start=2):
-            image, boxes = line.split(",", 1)
+            with reading(f"{path}:{number}"):
+                image, boxes = line.split(",", 1)
             synset = boxes.split()[0] if boxes.split() else ""
             if synset not in label_of:
                 raise InputError(f"{path}:{number}: synset {synset!r} is not a class folder of train/")
