@@ -94,7 +94,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         summary = write_shards(args.list, args.output, parse_size(args.shard_size), args.list_format, args.seed,
                                args.samples_per_shard)
         print(f"wrote {summary['samples']} samples in {summary['shards']} shards ({summary['bytes'] / 1e9:.2f} GB) "
-              f"to {args.output}; data.train={summary['pattern']}")
+              f"to {args.output}; train on them with 'data.train={summary['pattern']}' (quoted)")
         return
     from cmae.data.prepare import prepare_dataset
 

@@ -426,9 +426,24 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             _apply(config, values, "")
         except ConfigError as error:
             raise ConfigError(f"{preset}: {error}") from None
-    for text in overrides:
-        set_key(config, *parse_override(text))
+    parsed = [parse_override(text) for text in overrides]
+    _reject_expanded_braces(parsed)
+    for key, value in parsed:
+        set_key(config, key, value)
     return validate(config)
+
+
+def _reject_expanded_braces(parsed: list[tuple[str, Any]]) -> None:
+    """An unquoted `data.train=DIR/shard-{000000..000099}.tar` reaches us as 100 overrides, one
+    shard each, of which the last would silently win: refuse, and say to quote it."""
+    shards: dict[str, list[str]] = {}
+    for key, value in parsed:
+        if isinstance(value, str) and value.endswith(".tar"):
+            shards.setdefault(key, []).append(value)
+    for key, values in shards.items():
+        if len(values) > 1:
+            raise ConfigError(f"{key} is given {len(values)} times ({values[0]}, {values[1]}, ...): the shell "
+                              f"expanded a brace pattern; quote it: '{key}=DIR/shard-{{000000..000099}}.tar'")
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

@@ -157,3 +157,8 @@ def test_resuming_mid_epoch_from_shards_matches_an_uninterrupted_run(shards, tmp
         assert torch.allclose(value, b["model"][name], atol=1e-6), name
     full = (tmp_path / "full" / "samples-rank0.txt").read_text().splitlines()
     assert (tmp_path / "resumed" / "samples-rank0.txt").read_text().splitlines() == full[3:]
+
+
+def test_a_brace_pattern_the_shell_expanded_is_refused():
+    with pytest.raises(ConfigError, match="the shell expanded a brace pattern; quote it"):
+        load_config("configs/demo/videomae.yaml", ["data.train=d/shard-000000.tar", "data.train=d/shard-000001.tar"])
