@@ -7,6 +7,7 @@ second over `--batches` batches after the first (worker start-up is not counted)
 loader keeps up; the issue's goal is 2x at the paper configs with 10 workers per GPU.
 
     python benchmarks/loader.py --config configs/demo/videomae.yaml data.train=DATA/train.txt
+    python benchmarks/loader.py --config ... "data.train=SHARDS/shard-{000000..000099}.tar" data.cache_decoded=false
     python benchmarks/loader.py --config configs/demo/videomae.yaml data.train=... --repeat 1 2 4
     # decoding only (no model step), on long videos it writes: 320x320, 300 frames, 30 fps
     python benchmarks/loader.py --config configs/pretrain/videomae_vit_b_k400.yaml --long-videos 8 \\
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from cmae.config import load_config
-from cmae.data.loader import make_loader
+from cmae.data.loader import make_loader, set_loader_epoch
 from cmae.distributed import DistInfo
 from cmae.engine.pretrain import training_dataset
 from cmae.engine.runtime import resolve_device, resolve_precision
@@ -40,7 +41,7 @@ def loader_rate(config, batches: int) -> tuple[float, dict]:
     """Samples per second of the training loader over `batches` batches after the first; one batch."""
     dataset = training_dataset(config)
     loader = make_loader(dataset, config, DistInfo(), config.train.batch_size)
-    loader.sampler.set_epoch(0)
+    set_loader_epoch(loader, 0)
     iterator = iter(loader)
     first = next(iterator)  # starts the workers
     started, samples = time.perf_counter(), 0
@@ -48,7 +49,7 @@ def loader_rate(config, batches: int) -> tuple[float, dict]:
         try:
             samples += len(next(iterator)["index"])
         except StopIteration:  # a short list: start the next epoch, as training does
-            loader.sampler.set_epoch(1)
+            set_loader_epoch(loader, 1)
             iterator = iter(loader)
     seconds = time.perf_counter() - started
     del iterator  # let the workers go before timing the model
