@@ -4,6 +4,7 @@ over ranks and workers, exact resume, and pre-training from them under torchrun.
 import io
 import json
 import tarfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -83,14 +84,16 @@ def test_ranks_and_workers_see_each_sample_once_and_resume_exactly(synth_dir, sh
         try:
             set_loader_epoch(loader, 1)
             batches = list(loader)
-            set_loader_epoch(loader, 1, skip=2 * 2)  # a checkpoint after two steps of this epoch
-            resumed = list(loader)
+            resumed = {}
+            for steps in (3, 4):  # checkpoints after 3 and 4 steps of this epoch (of 6)
+                set_loader_epoch(loader, 1, skip=steps * 2)
+                resumed[steps] = list(loader)
         finally:
             close_loader(loader)
         seen += [i for batch in batches for i in batch["index"].tolist()]
-        assert len(resumed) == len(batches) - 2
-        for a, b in zip(resumed, batches[2:], strict=True):  # the same samples, the same augmentation
-            assert a["index"].tolist() == b["index"].tolist() and torch.equal(a["video"], b["video"])
+        for steps, rest in resumed.items():  # the same samples, in the same order, with the same augmentation
+            assert [b["index"].tolist() for b in rest] == [b["index"].tolist() for b in batches[steps:]], steps
+            assert all(torch.equal(a["video"], b["video"]) for a, b in zip(rest, batches[steps:], strict=True))
     assert sorted(seen) == list(range(24))
 
 
@@ -140,25 +143,50 @@ def test_shards_are_for_pretraining_only(synth_dir, shards, tmp_path):
 
 
 def test_resuming_mid_epoch_from_shards_matches_an_uninterrupted_run(shards, tmp_path):
-    """One process, two loader workers (4 shards each), 2 steps per epoch; resumed from the
-    checkpoint after step 3, one step into epoch 2: worker 0 must pass over its first batch."""
+    """One process, two loader workers (4 shards each), 6 steps per epoch; resumed from the
+    checkpoint after step 9, three steps into epoch 2: the first batch after it is worker 1's."""
     from cmae.engine.pretrain import pretrain
 
     overrides = [f"data.train={shards['pattern']}", "data.num_frames=4", "data.cache_decoded=false", *TINY_INPUT,
-                 *TINY_MODEL, "data.num_workers=2", "train.batch_size=8", "train.epochs=2", "train.warmup_epochs=1",
-                 "train.save_every_steps=1", "train.keep_checkpoints=8", "train.log_samples=true"]
+                 *TINY_MODEL, "data.num_workers=2", "train.batch_size=4", "train.epochs=2", "train.warmup_epochs=1",
+                 "train.save_every_steps=1", "train.keep_checkpoints=12", "train.log_samples=true"]
     config = load_config("configs/demo/videomae.yaml", overrides)
     pretrain(config, tmp_path / "full")
-    pretrain(config, tmp_path / "resumed", resume=tmp_path / "full" / "checkpoint-step0000003.pt")
+    pretrain(config, tmp_path / "resumed", resume=tmp_path / "full" / "checkpoint-step0000009.pt")
     a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoint-last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 4
+    assert a["step"] == b["step"] == 12
     for name, value in a["model"].items():
         assert torch.allclose(value, b["model"][name], atol=1e-6), name
     full = (tmp_path / "full" / "samples-rank0.txt").read_text().splitlines()
-    assert (tmp_path / "resumed" / "samples-rank0.txt").read_text().splitlines() == full[3:]
+    assert (tmp_path / "resumed" / "samples-rank0.txt").read_text().splitlines() == full[9:]
 
 
 def test_a_brace_pattern_the_shell_expanded_is_refused():
     with pytest.raises(ConfigError, match="the shell expanded a brace pattern; quote it"):
         load_config("configs/demo/videomae.yaml", ["data.train=d/shard-000000.tar", "data.train=d/shard-000001.tar"])
+
+
+def test_an_uneven_deal_is_announced(synth_dir, shards):
+    """8 equal shards over 3 readers: two hold 9 samples, one 6, for a quota of 8 (whole batches of 2)."""
+    config = stream_config(synth_dir, 3)
+    stream = ShardStream(shards["pattern"], build_view(config.data, train=True))
+    with pytest.warns(UserWarning, match="they hold 6-9 samples for a quota of 8, so each epoch repeats about 2 "
+                                         "samples and leaves out 2"):
+        make_loader(stream, config, DistInfo(0, 1, 0), batch=2)
+
+
+def test_a_reader_short_of_its_quota_resumes_past_its_repeats(synth_dir, tmp_path):
+    """Shards of 5 and 1 samples over two ranks: the second rank's reader repeats its one sample
+    to fill a quota of 3; resumed two samples in, it passes over two repeats and yields the third."""
+    lines = (synth_dir / "train.txt").read_text().splitlines()[:6]
+    (tmp_path / "six.txt").write_text("".join(f"{synth_dir / line}\n" for line in lines))
+    summary = write_shards(tmp_path / "six.txt", tmp_path / "shards", parse_size("1GB"), max_samples=5)
+    config = stream_config(synth_dir, 0)
+    for rank in range(2):
+        stream = ShardStream(summary["pattern"], build_view(config.data, train=True))
+        loader = make_loader(stream, config, DistInfo(rank, 2, rank), batch=1)
+        set_loader_epoch(loader, 0, skip=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the short reader's repeats
+            assert len(list(loader)) == 1

@@ -17,12 +17,17 @@ ranks would run different numbers of steps and DDP would hang: the quota is the 
 size / readers, rounded down to a batch. A reader whose shards hold more leaves the rest
 for this epoch (the deal changes each epoch); one whose shards hold fewer, or lost some
 to corrupt members, starts its shards over and repeats samples (a warning counts them).
-Shards of equal sample counts, as `write_shards` writes them, leave at most a batch per
-reader out. Undecodable members are skipped and counted in `num_failed` like bad files.
+Shards of equal sample counts (`--samples-per-shard`), in a number divisible by the readers,
+give every sample once per epoch, but for at most a batch per reader; the loader warns at
+start when the deal is uneven. Undecodable members are skipped and counted in `num_failed`
+like bad files.
 
 Mid-epoch resume is exact too: the DataLoader takes batches from its workers in turn, so
 the batches a checkpoint already used are known per worker, and each worker reads and
-drops those samples without decoding them (the cost: reading that part of its shards again).
+drops those samples without decoding them (the cost: reading that part of its shards
+again). The one inexactness: passing over samples without decoding them cannot tell which
+of them were corrupt, so each member that failed before the checkpoint shifts that worker's
+resumed epoch by one sample (one seen twice, one missed); epoch ends are always exact.
 
 Why not the `webdataset` package: its tar reading and brace expansion are a few lines over
 `tarfile`, and what is needed here beyond them (per-reader quotas that keep DDP ranks in
@@ -249,6 +254,14 @@ class ShardStream(IterableDataset):
         if self.quota == 0:
             raise ConfigError(f"{sum(self.counts)} samples in {len(self.paths)} shards give {self.readers} readers "
                               f"less than a batch of {batch} each; lower train.batch_size or data.num_workers")
+        held = sorted(sum(self.counts[s] for s in shards) for shards in deal_shards(self.counts, self.readers, 0, 0))
+        repeated = sum(max(0, self.quota - n) for n in held)
+        if rank == 0 and (repeated or held[-1] - self.quota >= batch):
+            warnings.warn(f"{len(self.paths)} shards of {min(self.counts)}-{max(self.counts)} samples deal unevenly to "
+                          f"{self.readers} readers ({world_size} ranks x {self.workers} workers): they hold "
+                          f"{held[0]}-{held[-1]} samples for a quota of {self.quota}, so each epoch repeats about "
+                          f"{repeated} samples and leaves out {sum(max(0, n - self.quota) for n in held)}; for every "
+                          "sample once, write equal shards in a multiple of ranks x workers", stacklevel=2)
 
     @property
     def quota(self) -> int:
@@ -261,11 +274,14 @@ class ShardStream(IterableDataset):
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.state[0], self.state[1] = epoch, skip
 
-    def _skipped(self, worker: int) -> int:
-        """Samples of this worker among the rank's first `skip`: the loader takes one batch from each
-        worker in turn, so of the first n batches, worker w made those numbered w, w + W, ..."""
+    def _resumed_position(self, worker: int) -> tuple[int, int]:
+        """(the logical worker this loader worker continues, its samples to pass over). The loader
+        takes one batch from each worker in turn, so of an epoch's first n batches logical worker
+        w made those numbered w, w + W, ...; a new loader iterator starts at worker 0, so after a
+        resume at batch n loader worker i continues logical worker (i + n) mod W."""
         batches = int(self.state[1]) // self.batch
-        return max(0, (batches - worker + self.workers - 1) // self.workers) * self.batch
+        logical = (worker + batches) % self.workers
+        return logical, max(0, (batches - logical + self.workers - 1) // self.workers) * self.batch
 
     def _shuffled(self, shards: list[int], rng: np.random.Generator) -> Iterator[tuple[int, str, dict]]:
         """(index, key, members) of the shards' samples through a shuffle buffer."""
@@ -292,19 +308,19 @@ class ShardStream(IterableDataset):
 
     def __iter__(self):
         info = get_worker_info()
-        worker = info.id if info is not None else 0
+        worker, skip = self._resumed_position(info.id if info is not None else 0)
         reader = self.rank * self.workers + worker
         epoch = int(self.state[0])
         shards = deal_shards(self.counts, self.readers, self.seed, epoch)[reader]
         rng = np.random.default_rng([self.seed, epoch, reader])
-        skip, left, failed, passes = self._skipped(worker), self.quota, 0, 0
+        left, failed, passes = self.quota, 0, 0
         while left > 0:
-            yielded = 0
+            progress = 0
             for index, key, members in self._shuffled(shards, rng):
                 if left == 0:
                     break
                 if skip > 0:  # already trained on before the checkpoint: not decoded
-                    skip, left = skip - 1, left - 1
+                    skip, left, progress = skip - 1, left - 1, progress + 1
                     continue
                 try:
                     with seeded(sample_seed(self.seed, epoch, index)):
@@ -318,9 +334,9 @@ class ShardStream(IterableDataset):
                                            "not be decoded; check the shards and data.decoder") from error
                     continue
                 yield tag(item, label, index, failed)
-                failed, left, yielded = 0, left - 1, yielded + 1
+                failed, left, progress = 0, left - 1, progress + 1
             passes += 1
-            if left and not yielded and passes > 1:
+            if left and not progress and passes > 1:
                 raise RuntimeError(f"reader {reader}: shards {[self.paths[s].name for s in shards]} gave no sample")
             if left:
                 warnings.warn(f"reader {reader} of epoch {epoch}: its shards hold fewer samples than its quota "
