@@ -48,6 +48,7 @@ BAD_LISTS = [  # (text, list_format, line, message)
     ("clips/x ten 3\n", "rawframes", 1, "total_frames 'ten' is not an integer"),
     ("path,label\na.mp4,dog\n", "auto", 2, "label 'dog' is not an integer"),
     ("path,label\na.mp4\n", "csv", 2, "expected 2 fields"),
+    ("path,label\n\n# held out\na.mp4,1\nb.mp4,x\n", "csv", 5, "label 'x' is not an integer"),
     ("name,label\na.mp4,1\n", "csv", 1, "needs a header with a path column"),
 ]
 

@@ -249,3 +249,15 @@ def test_malformed_annotation_rows_are_named(tmp_path, capsys):
     assert stop.value.code == 2
     assert "train.csv:8: malformed annotation (ValueError: could not convert string to float: 'soon')" in \
         capsys.readouterr().err
+
+
+def test_an_output_inside_the_root_is_not_read_as_data(tmp_path):
+    kinetics_replica(tmp_path / "k400")
+    args = ["kinetics", "--root", str(tmp_path / "k400"), "--output", str(tmp_path / "k400" / "lists"),
+            "--resize", "16", "--workers", "1"]
+    prepare(*args)
+    first = (tmp_path / "k400" / "lists" / "train.txt").read_text()
+    prepare(*args)  # its resized copies now lie under the root
+    report = json.loads((tmp_path / "k400" / "lists" / "report.json").read_text())
+    assert (report["duplicates"], report["orphans"], report["resize"]["skipped"]) == (0, 1, 8)
+    assert (tmp_path / "k400" / "lists" / "train.txt").read_text() == first

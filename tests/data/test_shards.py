@@ -190,3 +190,14 @@ def test_a_reader_short_of_its_quota_resumes_past_its_repeats(synth_dir, tmp_pat
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the short reader's repeats
             assert len(list(loader)) == 1
+
+
+def test_unreadable_shards_and_indexes_are_named(shards, tmp_path):
+    for path in expand_pattern(shards["pattern"])[:2]:
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="index.json is unreadable"):
+        assert ShardStream(str(tmp_path / "shard-{000000..000001}.tar"), view=None).counts == [3, 3]
+    (tmp_path / "shard-000001.tar").write_bytes(b"\0" * 100 + b"garbage" * 100)
+    with pytest.raises(InputError, match="shard-000001.tar: not a readable tar shard"):
+        ShardStream(str(tmp_path / "shard-{000000..000001}.tar"), view=None)

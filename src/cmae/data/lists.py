@@ -85,18 +85,18 @@ def _parse_line(line: str, fmt: str, where: str, template: str) -> tuple[str, in
     return path, _integer(third, "label", where), total, template
 
 
-def _read_csv(list_file: Path, lines: list[str], template: str) -> list[tuple[str, int, int, str]]:
-    """The rows (path, label, num_frames, frame_template) of a CSV list whose header names the columns."""
-    rows = csv.reader(lines)
-    header = [name.strip().lower() for name in next(rows)]
+def _read_csv(list_file: Path, numbered: list[tuple[int, str]], template: str) -> list[tuple[str, int, int, str]]:
+    """The rows (path, label, num_frames, frame_template) of a CSV list whose header names the
+    columns; `numbered`: its (line number, line) pairs without blank and comment lines."""
+    (header_line, header_text), *rest = numbered
+    header = [name.strip().lower() for name in next(csv.reader([header_text]))]
     path_column = next((name for name in header if name in CSV_PATH_COLUMNS), None)
     if path_column is None:
-        raise InputError(f"{list_file}:1: a CSV list needs a header with a path column "
+        raise InputError(f"{list_file}:{header_line}: a CSV list needs a header with a path column "
                          f"({' / '.join(CSV_PATH_COLUMNS)}), got {header}")
     parsed = []
-    for number, row in enumerate(rows, start=2):
-        if not row or not "".join(row).strip():
-            continue
+    for number, line in rest:
+        row = next(csv.reader([line]))
         where = f"{list_file}:{number}"
         if len(row) != len(header):
             raise InputError(f"{where}: expected {len(header)} fields ({','.join(header)}), got {len(row)}")
@@ -128,7 +128,7 @@ def read_list(list_file: str | Path, list_format: str = "auto", frame_template: 
                              f"expected '<path> <label>', '<path> 0 -1', '<frame_dir> <total_frames> <label>' "
                              "or a CSV header (set data.list_format)")
     if fmt == "csv":
-        rows = _read_csv(list_file, [line for _, line in numbered], frame_template)
+        rows = _read_csv(list_file, numbered, frame_template)
     else:
         rows = []
         for number, line in numbered:

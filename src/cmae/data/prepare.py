@@ -293,6 +293,9 @@ def prepare_dataset(name: str, root: str | Path, output: str | Path, split: int 
         raise InputError("--resize re-encodes videos; ImageNet's images are read as they are")
     extra = {"val_labels": Path(val_labels)} if name == "imagenet" and val_labels else {}
     annotations = READERS[name](root, split, **extra)
+    output = output.resolve()  # an output inside the root (its resized copies) is not part of the data set
+    annotations.files = {stem: kept for stem, paths in annotations.files.items()
+                         if (kept := [path for path in paths if not path.is_relative_to(output)])}
     listed, problems = resolve(annotations)
     output.mkdir(parents=True, exist_ok=True)
     report = {"dataset": name, "root": str(root), "split": split, "classes": len(annotations.classes),

@@ -186,11 +186,14 @@ def read_samples_of(shard: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
 def count_samples(shard: Path) -> int:
     """Samples (keys with a media member) in a shard, from its headers alone."""
     keys = set()
-    with tarfile.open(shard, "r:") as tar:  # seekable: the member data is skipped, not read
-        for info in tar:
-            key, extension = split_key(info.name)
-            if info.isfile() and extension in MEDIA_EXTENSIONS:
-                keys.add(key)
+    try:
+        with tarfile.open(shard, "r:") as tar:  # seekable: the member data is skipped, not read
+            for info in tar:
+                key, extension = split_key(info.name)
+                if info.isfile() and extension in MEDIA_EXTENSIONS:
+                    keys.add(key)
+    except (tarfile.TarError, OSError) as error:
+        raise InputError(f"{shard}: not a readable tar shard ({error}); copy it again or leave it out") from None
     return len(keys)
 
 
@@ -203,7 +206,10 @@ def shard_counts(paths: list[Path]) -> list[int]:
     index_file = paths[0].parent / INDEX_NAME
     known = {}
     if index_file.is_file():
-        known = {entry["name"]: entry for entry in json.loads(index_file.read_text()).get("files", [])}
+        try:
+            known = {entry["name"]: entry for entry in json.loads(index_file.read_text()).get("files", [])}
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            warnings.warn(f"{index_file} is unreadable ({error}); counting the shards' samples instead", stacklevel=2)
     counts = []
     for path in paths:
         entry = known.get(path.name)

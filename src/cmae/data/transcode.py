@@ -8,8 +8,9 @@ its first frame and decodes from there, so a short interval caps that waste, whe
 default (250) decodes most of a 10-second clip for every read. The cost is a larger file:
 measured here (README, "Preparing real data"), 32 reads a VideoMAE clip as fast as 16 and
 twice as fast as 250, in files 1.4x the size of 250's where 16's are 2x.
-Frames are never scaled up, timestamps (variable frame rate) and the rotation flag are
-kept, and audio is dropped (no method here uses it).
+Frames are never scaled up, timestamps (variable frame rate) are kept, a rotation flag is
+applied to the pixels (so readers that ignore it, such as decord, see the upright video),
+and audio is dropped (no method here uses it).
 
 Finished files are skipped on a second run: each is written under a temporary name and
 renamed when complete, so an interrupted job leaves no half file behind. A file that
@@ -21,9 +22,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 
@@ -41,6 +45,18 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
+def _output_stream(target, video, width: int, height: int, job: ResizeJob):
+    """An H.264 stream at the scaled size, in the source's time base (its timestamps, frame for frame)."""
+    stream = target.add_stream("libx264", rate=video.average_rate or video.guessed_rate or 30)
+    stream.width, stream.height = scaled_size(width, height, job.short_side)
+    stream.pix_fmt = "yuv420p"
+    stream.codec_context.time_base = video.time_base
+    interval = job.keyframe_interval
+    stream.options = {"crf": "23", "preset": "veryfast",
+                      "x264-params": f"keyint={interval}:min-keyint={interval}:scenecut=0:threads=1"}
+    return stream
+
+
 def resize_video(job: ResizeJob) -> tuple[str, ResizeJob, str]:
     """("done" | "skipped" | "failed", job, reason) for one video; never raises."""
     import av
@@ -56,18 +72,17 @@ def resize_video(job: ResizeJob) -> tuple[str, ResizeJob, str]:
                 raise ValueError("no video stream")
             video = source.streams.video[0]
             video.thread_count = 1  # the workers already use every core
-            width, height = scaled_size(video.codec_context.width, video.codec_context.height, job.short_side)
-            stream = target.add_stream("libx264", rate=video.average_rate or video.guessed_rate or 30)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.codec_context.time_base = video.time_base  # the source's timestamps, frame for frame
-            interval = job.keyframe_interval
-            stream.options = {"crf": "23", "preset": "veryfast",
-                              "x264-params": f"keyint={interval}:min-keyint={interval}:scenecut=0:threads=1"}
-            pts = -1
+            stream, pts = None, -1
             for frame in source.decode(video):
-                if frames == 0 and getattr(frame, "rotation", 0):
-                    stream.set_display_rotation(frame.rotation)
-                scaled = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
+                # a rotation flag is applied to the pixels: readers that ignore the flag (decord) then agree
+                turns = round(getattr(frame, "rotation", 0) / 90) % 4
+                if turns:
+                    frame = av.VideoFrame.from_ndarray(np.rot90(frame.to_ndarray(format="rgb24"), turns).copy(),
+                                                       format="rgb24")
+                if stream is None:
+                    stream = _output_stream(target, video, frame.width, frame.height, job)
+                scaled = frame.reformat(width=stream.width, height=stream.height, format="yuv420p",
+                                        interpolation="AREA")
                 # the muxer needs rising timestamps; some files repeat one or have none
                 pts = pts + 1 if frame.pts is None else max(frame.pts, pts + 1)
                 scaled.pts, scaled.time_base = pts, video.time_base
@@ -85,13 +100,14 @@ def resize_video(job: ResizeJob) -> tuple[str, ResizeJob, str]:
 
 def resize_videos(jobs: list[ResizeJob], workers: int = 1, log: Path | None = None) -> dict:
     """Run `jobs` on `workers` processes with a progress bar. Returns counts (done, skipped,
-    failed), the seconds taken and the bytes written; failures go to `log`, one per line."""
+    failed), the seconds taken and the bytes written; failures go to `log`, one per line. A
+    worker that dies (FFmpeg crashing, the out-of-memory killer) stops the job with the files it
+    may have held; what finished is kept for the next run."""
     started = time.time()
     counts = {"done": 0, "skipped": 0, "failed": 0}
     failures = []
-    with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else _InlinePool() as pool, \
-            tqdm(total=len(jobs), desc="resize", unit="video", dynamic_ncols=True) as bar:
-        for status, job, reason in pool.imap_unordered(resize_video, jobs, chunksize=1):
+    with tqdm(total=len(jobs), desc="resize", unit="video", dynamic_ncols=True) as bar:
+        for status, job, reason in _run_all(jobs, workers):
             counts[status] += 1
             if status == "failed":
                 failures.append(f"{job.source}\t{reason}")
@@ -104,18 +120,21 @@ def resize_videos(jobs: list[ResizeJob], workers: int = 1, log: Path | None = No
     return {**counts, "seconds": round(time.time() - started, 1), "bytes": written, "failed_files": failures}
 
 
-class _InlinePool:
-    """`Pool.imap_unordered` in this process (--workers 1: no process start-up, plain tracebacks)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    @staticmethod
-    def imap_unordered(fn, items, chunksize=1):
-        return map(fn, items)
+def _run_all(jobs: list[ResizeJob], workers: int):
+    """`resize_video` of every job as each finishes: inline for one worker, else in processes."""
+    if workers <= 1:
+        yield from map(resize_video, jobs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = {pool.submit(resize_video, job): job for job in jobs}
+        try:
+            for future in as_completed(pending):
+                yield future.result()
+        except BrokenProcessPool:
+            finished = sum(f.done() and not f.cancelled() and f.exception() is None for f in pending)
+            raise RuntimeError(f"a resize worker died (FFmpeg crashed, or out of memory); {finished} of {len(jobs)} "
+                               "files are done and kept: run the command again to go on (with fewer --workers if "
+                               "memory ran out)") from None
 
 
 def resize_rows(rows_by_split: dict[str, list[tuple[Path, int]]], root: Path, output: Path, short_side: int,
