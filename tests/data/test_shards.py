@@ -201,3 +201,14 @@ def test_unreadable_shards_and_indexes_are_named(shards, tmp_path):
     (tmp_path / "shard-000001.tar").write_bytes(b"\0" * 100 + b"garbage" * 100)
     with pytest.raises(InputError, match="shard-000001.tar: not a readable tar shard"):
         ShardStream(str(tmp_path / "shard-{000000..000001}.tar"), view=None)
+
+
+def test_the_command_writes_shards_and_says_how_to_train_on_them(synth_dir, tmp_path, capsys):
+    from cmae.cli import main
+
+    main(["prepare", "shards", "--list", str(synth_dir / "val.txt"), "--output", str(tmp_path / "s"),
+          "--shard-size", "10kB", "--samples-per-shard", "3"])
+    index = json.loads((tmp_path / "s" / "index.json").read_text())
+    assert index["samples"] == 8 and [f["samples"] for f in index["files"]] == [3, 3, 2]
+    assert all(f["bytes"] <= 10_000 for f in index["files"])
+    assert f"'data.train={tmp_path / 's'}/shard-{{000000..000002}}.tar' (quoted)" in capsys.readouterr().out
