@@ -38,12 +38,13 @@ def write(path, frames, rotation=0, time_base=None, steps=None):
 def test_a_rotated_video_comes_out_upright_without_the_flag(tmp_path):
     frame = np.zeros((64, 96, 3), np.uint8)
     frame[:16, :16] = 255  # top left as stored; the flag turns it 90 degrees counter-clockwise
-    write(tmp_path / "phone.mp4", [frame] * 4, rotation=90)
+    write(tmp_path / "phone.mp4", [frame] * 4, rotation=90, time_base=Fraction(1, 1000), steps=[40, 120])
     status, job, reason = resize_video(ResizeJob(tmp_path / "phone.mp4", tmp_path / "out.mp4", 32))
     assert status == "done", reason
     with av.open(str(job.target)) as container:
-        first = next(container.decode(video=0))
-        assert getattr(first, "rotation", 0) == 0 and (first.width, first.height) == (32, 48)
+        frames = list(container.decode(video=0))
+    assert getattr(frames[0], "rotation", 0) == 0 and (frames[0].width, frames[0].height) == (32, 48)
+    assert [round(float(f.pts * f.time_base), 3) for f in frames] == [0, 0.04, 0.16, 0.2]  # the source's times
     for backend in available_backends():
         with open_video(job.target, backend) as reader:
             shown = reader.get_frames([0])[0, 0]  # [48, 32], portrait

@@ -195,16 +195,19 @@ def imagenet(root: Path, split: int, val_labels: Path | None = None) -> Annotati
             raise InputError(f"{folder}: no such folder (ImageNet needs train/ and val/ under the root)")
     classes = sorted(entry.name for entry in train.iterdir() if entry.is_dir())
     label_of = {name: index for index, name in enumerate(classes)}
-    files = index_files(root, IMAGE_EXTENSIONS)
-    rows = {"train": [(path.stem, label_of[path.parent.name]) for path in sorted(train.rglob("*"))
-                      if path.suffix.lower() in IMAGE_EXTENSIONS and path.parent.name in label_of]}
+    rows = {"train": _tree_rows(train, label_of)}
     if any(entry.is_dir() for entry in val.iterdir()):
-        rows["val"] = [(path.stem, label_of[path.parent.name]) for path in sorted(val.rglob("*"))
-                       if path.suffix.lower() in IMAGE_EXTENSIONS and path.parent.name in label_of]
+        rows["val"] = _tree_rows(val, label_of)
     else:
         rows["val"] = _imagenet_val_rows(val_labels or find_one(root, "LOC_val_solution.csv", "ground-truth file "
                                          "for the flat val folder (or give --val-labels)"), label_of)
-    return Annotations(classes, rows, files)
+    return Annotations(classes, rows, index_files(root, IMAGE_EXTENSIONS))
+
+
+def _tree_rows(folder: Path, label_of: dict[str, int]) -> list[tuple[str, int]]:
+    """(image stem, label) of a class-folder tree, labelled by the train tree's class order."""
+    return [(path.stem, label_of[path.parent.name]) for path in sorted(folder.rglob("*"))
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.parent.name in label_of]
 
 
 def _imagenet_val_rows(path: Path, label_of: dict[str, int]) -> list[tuple[str, int]]:

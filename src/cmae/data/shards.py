@@ -53,8 +53,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from cmae.config import ConfigError, InputError
-from cmae.data.dataset import MAX_CONSECUTIVE_FAILURES, ImageSource, render, tag
-from cmae.data.decoding import IMAGE_EXTENSIONS, DecodeError, open_video
+from cmae.data.dataset import MAX_CONSECUTIVE_FAILURES, open_source, render, tag
+from cmae.data.decoding import IMAGE_EXTENSIONS, DecodeError
 from cmae.data.lists import UNLABELLED, read_list
 from cmae.data.loader import sample_seed, seeded
 from cmae.data.prepare import VIDEO_EXTENSIONS
@@ -260,7 +260,7 @@ class ShardStream(IterableDataset):
         if self.quota == 0:
             raise ConfigError(f"{sum(self.counts)} samples in {len(self.paths)} shards give {self.readers} readers "
                               f"less than a batch of {batch} each; lower train.batch_size or data.num_workers")
-        held = sorted(sum(self.counts[s] for s in shards) for shards in deal_shards(self.counts, self.readers, 0, 0))
+        held = sorted(sum(self.counts[s] for s in shards) for shards in deal_shards(self.counts, self.readers, self.seed, 0))
         repeated = sum(max(0, self.quota - n) for n in held)
         if rank == 0 and (repeated or held[-1] - self.quota >= batch):
             warnings.warn(f"{len(self.paths)} shards of {min(self.counts)}-{max(self.counts)} samples deal unevenly to "
@@ -305,11 +305,8 @@ class ShardStream(IterableDataset):
         extension = next((ext for ext in MEDIA_EXTENSIONS if ext in members), None)
         if extension is None:
             raise DecodeError(f"{key}: no video or image member (has {sorted(members)})")
-        name = Path(f"{key}.{extension}")
-        data = members[extension]
         self.decodes += 1
-        source = ImageSource(name, data) if f".{extension}" in IMAGE_EXTENSIONS else \
-            open_video(name, self.backend, self.device, data)
+        source = open_source(Path(f"{key}.{extension}"), self.backend, self.device, members[extension])
         return render(self.view, source, self.repeat)
 
     def __iter__(self):

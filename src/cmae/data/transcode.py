@@ -66,7 +66,6 @@ def resize_video(job: ResizeJob) -> tuple[str, ResizeJob, str]:
     job.target.parent.mkdir(parents=True, exist_ok=True)
     partial = job.target.with_name(job.target.name + ".part")
     try:
-        frames = 0
         with av.open(str(job.source)) as source, av.open(str(partial), "w", format="mp4") as target:
             if not source.streams.video:
                 raise ValueError("no video stream")
@@ -74,6 +73,8 @@ def resize_video(job: ResizeJob) -> tuple[str, ResizeJob, str]:
             video.thread_count = 1  # the workers already use every core
             stream, pts = None, -1
             for frame in source.decode(video):
+                # the muxer needs rising timestamps; some files repeat one or have none
+                pts = pts + 1 if frame.pts is None else max(frame.pts, pts + 1)
                 # a rotation flag is applied to the pixels: readers that ignore the flag (decord) then agree
                 turns = round(getattr(frame, "rotation", 0) / 90) % 4
                 if turns:
@@ -83,12 +84,9 @@ def resize_video(job: ResizeJob) -> tuple[str, ResizeJob, str]:
                     stream = _output_stream(target, video, frame.width, frame.height, job)
                 scaled = frame.reformat(width=stream.width, height=stream.height, format="yuv420p",
                                         interpolation="AREA")
-                # the muxer needs rising timestamps; some files repeat one or have none
-                pts = pts + 1 if frame.pts is None else max(frame.pts, pts + 1)
                 scaled.pts, scaled.time_base = pts, video.time_base
                 target.mux(stream.encode(scaled))
-                frames += 1
-            if frames == 0:
+            if stream is None:
                 raise ValueError("no frame could be decoded")
             target.mux(stream.encode())
         os.replace(partial, job.target)
