@@ -106,7 +106,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
         resize = functools.partial(resize_rows, short_side=args.resize, workers=args.workers,
                                    keyframe_interval=args.keyframe_interval)
-    report = prepare_dataset(args.dataset, args.root, args.output, split=args.split,
+    report = prepare_dataset(args.dataset, args.root, args.output, split=getattr(args, "split", 1),
                              val_labels=getattr(args, "val_labels", None), resize=resize)
     print(json.dumps(report, indent=2))
     print(f"wrote {args.output}/train.txt ({report['train_listed']}), val.txt ({report['val_listed']}) and "
@@ -127,7 +127,8 @@ def add_prepare(commands) -> None:
         one = datasets.add_parser(name, help=text)
         one.add_argument("--root", required=True, help="the data set as downloaded")
         one.add_argument("--output", required=True, help="folder for train.txt, val.txt, classes.txt, report.json")
-        one.add_argument("--split", type=int, default=1, help="the split of UCF101 / HMDB51 (1, 2 or 3)")
+        if name in ("ucf101", "hmdb51"):
+            one.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="the official split")
         if name == "imagenet":
             one.add_argument("--val-labels", help="ground truth of a flat val folder (default: LOC_val_solution.csv "
                              "under the root; or lines '<file> <synset or sorted-synset index>')")
