@@ -215,14 +215,24 @@ def test_resize_counts_a_truncated_file_and_resumes(tmp_path, capsys):
     assert "resize failures 1" in capsys.readouterr().out
 
 
-def test_bad_annotations_are_named(tmp_path, capsys):
-    ucf101_replica(tmp_path / "root")
-    with (tmp_path / "root" / "ucfTrainTestlist" / "trainlist01.txt").open("a") as handle:
-        handle.write("Archery/v_Archery_g10_c01.avi 3\r\n")
+@pytest.mark.parametrize("dataset, annotation, row, message", [
+    ("ucf101", "ucfTrainTestlist/trainlist01.txt", "Archery/v_Archery_g10_c01.avi 3\r\n",
+     "trainlist01.txt:5: label 3 disagrees with"),
+    ("kinetics", "annotations/train.csv", "zumba,zz5,soon,40,train\n",
+     "train.csv:8: malformed annotation (ValueError: could not convert string to float: 'soon')"),
+])
+def test_bad_annotation_rows_are_named(tmp_path, capsys, dataset, annotation, row, message):
+    REPLICAS[dataset](tmp_path / "root")
+    with (tmp_path / "root" / annotation).open("a") as handle:
+        handle.write(row)
     with pytest.raises(SystemExit) as stop:
-        prepare("ucf101", "--root", str(tmp_path / "root"), "--output", str(tmp_path / "out"))
+        prepare(dataset, "--root", str(tmp_path / "root"), "--output", str(tmp_path / "out"))
     assert stop.value.code == 2
-    assert "trainlist01.txt:5: label 3 disagrees with" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_split_file_is_named(tmp_path, capsys):
+    ucf101_replica(tmp_path / "root")
     with pytest.raises(SystemExit):
         prepare("ucf101", "--root", str(tmp_path / "root"), "--output", str(tmp_path / "out"), "--split", "2")
     assert "no UCF101 split 2 trainlist (trainlist02.txt) found" in capsys.readouterr().err
@@ -238,17 +248,6 @@ def test_duplicates_are_reported_and_listed_once(tmp_path):
     assert "zz0_000010_000020" not in read_rows(tmp_path / "out" / "val.txt")
     text = (tmp_path / "out" / "duplicates.txt").read_text()
     assert "zz0_000010_000020 (listed in train and val)" in text and "ab0_000000_000010 (files: " in text
-
-
-def test_malformed_annotation_rows_are_named(tmp_path, capsys):
-    kinetics_replica(tmp_path / "root")
-    with (tmp_path / "root" / "annotations" / "train.csv").open("a") as handle:
-        handle.write("zumba,zz5,soon,40,train\n")
-    with pytest.raises(SystemExit) as stop:
-        prepare("kinetics", "--root", str(tmp_path / "root"), "--output", str(tmp_path / "out"))
-    assert stop.value.code == 2
-    assert "train.csv:8: malformed annotation (ValueError: could not convert string to float: 'soon')" in \
-        capsys.readouterr().err
 
 
 def test_an_output_inside_the_root_is_not_read_as_data(tmp_path):
