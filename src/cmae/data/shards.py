@@ -245,7 +245,6 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.workers, self.batch = 0, 1, 1, 1
         # epoch and skip, in shared memory: persistent loader workers read what the trainer set
         self.state = torch.zeros(2, dtype=torch.long).share_memory_()
-        self.decodes = 0
 
     @property
     def readers(self) -> int:
@@ -305,7 +304,6 @@ class ShardStream(IterableDataset):
         extension = next((ext for ext in MEDIA_EXTENSIONS if ext in members), None)
         if extension is None:
             raise DecodeError(f"{key}: no video or image member (has {sorted(members)})")
-        self.decodes += 1
         source = open_source(Path(f"{key}.{extension}"), self.backend, self.device, members[extension])
         return render(self.view, source, self.repeat)
 
