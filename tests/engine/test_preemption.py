@@ -140,3 +140,20 @@ def test_a_mid_epoch_checkpoint_refuses_a_changed_batch(synth_dir, tmp_path):
     assert torch.load(mid_epoch, weights_only=True)["epoch_step"] == 2
     with pytest.raises(ConfigError, match="saved mid-epoch with train.batch_size=4; this run has 8"):
         pretrain(load_config(PRESET, [*overrides, "train.batch_size=8"]), tmp_path / "other", resume=mid_epoch)
+
+
+def test_resuming_from_an_older_copy_sets_the_later_copies_aside(synth_dir, tmp_path):
+    # 3 steps an epoch, a save each: the first run keeps the epoch copies 1-3 and the step copies 8 and 9
+    overrides = tiny_overrides(synth_dir, **{"train.epochs": 3, "train.keep_every": 1, "train.save_every_steps": 1,
+                                             "train.keep_checkpoints": 2})
+    pretrain(load_config(PRESET, overrides), tmp_path)
+    older = tmp_path / "checkpoint-0001.pt"
+    with pytest.warns(UserWarning, match="moved the 4 later kept checkpoint"):
+        pretrain(load_config(PRESET, [*overrides, "train.epochs=2"]), tmp_path, resume=older)
+    names = sorted(p.name for p in tmp_path.glob("checkpoint-*.pt"))
+    # the resumed run's own copies survive its rotation (stale steps 8 and 9 would have deleted each at once)
+    assert names == ["checkpoint-0001.pt", "checkpoint-0002.pt", "checkpoint-last.pt",
+                     "checkpoint-step0000005.pt", "checkpoint-step0000006.pt"]
+    assert sorted(p.name for p in (tmp_path / "superseded").iterdir()) == [
+        "checkpoint-0002.pt", "checkpoint-0003.pt", "checkpoint-step0000008.pt", "checkpoint-step0000009.pt"]
+    assert torch.load(tmp_path / "superseded" / "checkpoint-step0000009.pt", weights_only=True)["step"] == 9

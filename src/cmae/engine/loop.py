@@ -323,9 +323,11 @@ def restore_state(run: Run, resume: str | Path, override: bool = False) -> None:
                 raise ConfigError(f"{resume} was saved mid-epoch with {key}={before}; this run has {now}, so it "
                                   "cannot tell which samples of the epoch were used: keep the value, or resume "
                                   "from an epoch's end (train.keep_every)")
+    run.failures.failed, run.failures.attempted = state.get("decode_failures", (0, 0))  # older checkpoints: none
     restore_rng(state["rng"], run.dist_info, run.config.train.seed + 1_000_003 * run.start_epoch)
     if run.dist_info.is_main:
         truncate_metrics(run.metrics.path, run.step)
+        set_aside_later_copies(run.output, run.step, run.start_epoch)
 
 
 def train_one_epoch(run: Run, epoch: int) -> None:
@@ -454,6 +456,7 @@ def save_state(run: Run, epochs_done: int, epoch_step: int) -> None:
     a kept copy every `keep_every` epochs and the last `keep_checkpoints` saves; every rank's RNG.
     A failed write (disk full) stops every rank, naming the file; the previous checkpoint stays."""
     rng = gather_objects(rng_states())  # every rank's, so each resumes its own stream
+    run.failures.check()  # every rank saves at the same step: the totals so far go into the checkpoint
     weights, optimizer_state = full_state(run.model, run.job.method, run.optimizer)  # every rank: FSDP gathers
     path, error = run.output / CHECKPOINT_NAME, None
     if run.dist_info.is_main:
@@ -466,6 +469,7 @@ def save_state(run: Run, epochs_done: int, epoch_step: int) -> None:
                 "epoch_step": epoch_step,
                 "step": run.step,
                 "rng": rng,
+                "decode_failures": (run.failures.failed, run.failures.attempted),
                 "config": run.config.to_dict(),
             })
             keep_copies(run, path, epochs_done, epoch_step)
@@ -544,6 +548,22 @@ def restore_rng(saved: list[dict] | dict, dist_info: DistInfo, reseed: int) -> N
         warnings.warn(f"the checkpoint holds RNG states of {len(saved)} process(es), this run has "
                       f"{dist_info.world_size}: starting new random streams (seed {reseed} + rank)", stacklevel=2)
     seed_everything(reseed + dist_info.rank)
+
+
+def set_aside_later_copies(output: Path, step: int, epoch: int) -> None:
+    """Move kept checkpoints newer than the one resumed from (a run restarted from an older copy)
+    into output/superseded/: the new run overwrites their names, and a stale newer step copy would
+    make `keep_checkpoints` delete the run's own saves. Nothing is deleted."""
+    later = [path for path in output.glob("checkpoint-step*.pt") if int(path.stem[len("checkpoint-step"):]) > step]
+    later += [path for path in output.glob("checkpoint-[0-9]*.pt") if int(path.stem[len("checkpoint-"):]) > epoch]
+    if not later:
+        return
+    aside = output / "superseded"
+    aside.mkdir(exist_ok=True)
+    for path in later:
+        os.replace(path, aside / path.name)
+    warnings.warn(f"resuming at step {step}: moved the {len(later)} later kept checkpoint(s) of {output} into "
+                  f"{aside}", stacklevel=3)
 
 
 def truncate_metrics(path: Path, step: int) -> None:
