@@ -36,6 +36,15 @@ def keys_in_order(pattern: str) -> list[str]:
     return keys
 
 
+def append_corrupt_member(shard: Path) -> None:
+    """A last sample `zzz_corrupt` whose .mp4 is not a video."""
+    with tarfile.open(shard, "a") as tar:
+        for name, data in (("zzz_corrupt.mp4", b"not a video" * 50), ("zzz_corrupt.cls", b"0")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
 def test_sizes_and_patterns(tmp_path):
     assert parse_size("1GB") == 10**9 and parse_size("64MiB") == 64 * 2**20 and parse_size("2e6") == 2_000_000
     for bad in ("big", "1XB", "-1MB"):
@@ -111,11 +120,7 @@ def test_pretraining_from_shards_under_torchrun_sees_every_sample_once(synth_dir
     lines = (synth_dir / "train.txt").read_text().splitlines()[:16]
     (tmp_path / "train.txt").write_text("".join(f"{synth_dir / line}\n" for line in lines))
     summary = write_shards(tmp_path / "train.txt", tmp_path / "shards", parse_size("1GB"), max_samples=4)
-    with tarfile.open(tmp_path / "shards" / "shard-000002.tar", "a") as tar:  # appended after its 4 clips
-        for name, data in (("zzz_corrupt.mp4", b"not a video" * 50), ("zzz_corrupt.cls", b"0")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    append_corrupt_member(tmp_path / "shards" / "shard-000002.tar")  # after its 4 clips
     keys = keys_in_order(summary["pattern"])
     good = {index for index, key in enumerate(keys) if key != "zzz_corrupt"}
     assert len(keys) == 17 and len(good) == 16
@@ -144,22 +149,31 @@ def test_shards_are_for_pretraining_only(synth_dir, shards, tmp_path):
 
 def test_resuming_mid_epoch_from_shards_matches_an_uninterrupted_run(shards, tmp_path):
     """One process, two loader workers (4 shards each), 6 steps per epoch; resumed from the
-    checkpoint after step 9, three steps into epoch 2: the first batch after it is worker 1's."""
+    checkpoint after step 3, three steps into epoch 1: the first batch after it is worker 1's.
+    Shard 0 ends in a corrupt member, worker 0's fifth of epoch 1 (before the checkpoint): the
+    resumed run passes over it by the checkpoint's failure marks, and counts it once per epoch."""
     from cmae.engine.pretrain import pretrain
 
-    overrides = [f"data.train={shards['pattern']}", "data.num_frames=4", "data.cache_decoded=false", *TINY_INPUT,
+    pattern = Path(shards["pattern"])
+    for path in pattern.parent.glob("shard-*.tar"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    append_corrupt_member(tmp_path / "shard-000000.tar")
+    overrides = [f"data.train={tmp_path / pattern.name}", "data.num_frames=4", "data.cache_decoded=false", *TINY_INPUT,
                  *TINY_MODEL, "data.num_workers=2", "train.batch_size=4", "train.epochs=2", "train.warmup_epochs=1",
                  "train.save_every_steps=1", "train.keep_checkpoints=12", "train.log_samples=true"]
     config = load_config("configs/demo/videomae.yaml", overrides)
     pretrain(config, tmp_path / "full")
-    pretrain(config, tmp_path / "resumed", resume=tmp_path / "full" / "checkpoint-step0000009.pt")
+    pretrain(config, tmp_path / "resumed", resume=tmp_path / "full" / "checkpoint-step0000003.pt")
     a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoint-last.pt", weights_only=True)
     assert a["step"] == b["step"] == 12
     for name, value in a["model"].items():
         assert torch.allclose(value, b["model"][name], atol=1e-6), name
     full = (tmp_path / "full" / "samples-rank0.txt").read_text().splitlines()
-    assert (tmp_path / "resumed" / "samples-rank0.txt").read_text().splitlines() == full[9:]
+    assert (tmp_path / "resumed" / "samples-rank0.txt").read_text().splitlines() == full[3:]
+    assert a["failed_samples"] == b["failed_samples"] == [3]  # shard 0's fourth member
+    for run in ("full", "resumed"):
+        assert json.loads((tmp_path / run / "summary.json").read_text())["failed_files"] == 2
 
 
 def test_a_brace_pattern_the_shell_expanded_is_refused():

@@ -25,9 +25,9 @@ like bad files.
 Mid-epoch resume is exact too: the DataLoader takes batches from its workers in turn, so
 the batches a checkpoint already used are known per worker, and each worker reads and
 drops those samples without decoding them (the cost: reading that part of its shards
-again). The one inexactness: passing over samples without decoding them cannot tell which
-of them were corrupt, so each member that failed before the checkpoint shifts that worker's
-resumed epoch by one sample (one seen twice, one missed); epoch ends are always exact.
+again). A member that failed to decode took no place in a batch, so the readers mark it (in
+shared memory), checkpoints keep the marks, and the resumed reader passes over it without
+counting it; that assumes a corrupt member stays corrupt, which holds for bytes in a tar.
 
 Why not the `webdataset` package: its tar reading and brace expansion are a few lines over
 `tarfile`, and what is needed here beyond them (per-reader quotas that keep DDP ranks in
@@ -245,6 +245,8 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size, self.workers, self.batch = 0, 1, 1, 1
         # epoch and skip, in shared memory: persistent loader workers read what the trainer set
         self.state = torch.zeros(2, dtype=torch.long).share_memory_()
+        # the members that failed to decode, by index, marked by the workers and kept in checkpoints
+        self.failed_marks = torch.zeros(self.offsets[-1], dtype=torch.bool).share_memory_()
 
     @property
     def readers(self) -> int:
@@ -278,6 +280,14 @@ class ShardStream(IterableDataset):
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.state[0], self.state[1] = epoch, skip
+
+    def failed_samples(self) -> list[int]:
+        """The indices of the members that failed to decode so far (for the checkpoint)."""
+        return self.failed_marks.nonzero().flatten().tolist()
+
+    def mark_failed(self, indices: list[int]) -> None:
+        """Restore a checkpoint's failed members, so a mid-epoch resume passes over them uncounted."""
+        self.failed_marks[torch.as_tensor(indices, dtype=torch.long)] = True
 
     def _resumed_position(self, worker: int) -> tuple[int, int]:
         """(the logical worker this loader worker continues, its samples to pass over). The loader
@@ -321,7 +331,8 @@ class ShardStream(IterableDataset):
                 if left == 0:
                     break
                 if skip > 0:  # already trained on before the checkpoint: not decoded
-                    skip, left, progress = skip - 1, left - 1, progress + 1
+                    if not self.failed_marks[index]:  # a member that failed then took no place in a batch
+                        skip, left, progress = skip - 1, left - 1, progress + 1
                     continue
                 try:
                     with seeded(sample_seed(self.seed, epoch, index)):
@@ -329,6 +340,7 @@ class ShardStream(IterableDataset):
                     label = int(members["cls"]) if "cls" in members else UNLABELLED
                 except (DecodeError, ValueError) as error:
                     failed += 1
+                    self.failed_marks[index] = True
                     warnings.warn(f"skipping undecodable shard member ({error})", stacklevel=2)
                     if failed >= MAX_CONSECUTIVE_FAILURES:
                         raise RuntimeError(f"{failed} consecutive members of {self.paths[shards[0]].parent} could "

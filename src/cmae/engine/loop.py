@@ -324,6 +324,8 @@ def restore_state(run: Run, resume: str | Path, override: bool = False) -> None:
                                   "cannot tell which samples of the epoch were used: keep the value, or resume "
                                   "from an epoch's end (train.keep_every)")
     run.failures.failed, run.failures.attempted = state.get("decode_failures", (0, 0))  # older checkpoints: none
+    if state.get("failed_samples") and hasattr(run.job.dataset, "mark_failed"):
+        run.job.dataset.mark_failed(state["failed_samples"])
     restore_rng(state["rng"], run.dist_info, run.config.train.seed + 1_000_003 * run.start_epoch)
     if run.dist_info.is_main:
         truncate_metrics(run.metrics.path, run.step)
@@ -457,6 +459,8 @@ def save_state(run: Run, epochs_done: int, epoch_step: int) -> None:
     A failed write (disk full) stops every rank, naming the file; the previous checkpoint stays."""
     rng = gather_objects(rng_states())  # every rank's, so each resumes its own stream
     run.failures.check()  # every rank saves at the same step: the totals so far go into the checkpoint
+    marked = getattr(run.job.dataset, "failed_samples", None)  # tar shards: which members failed, on any rank
+    failed_samples = sorted(set().union(*gather_objects(marked()))) if marked else None
     weights, optimizer_state = full_state(run.model, run.job.method, run.optimizer)  # every rank: FSDP gathers
     path, error = run.output / CHECKPOINT_NAME, None
     if run.dist_info.is_main:
@@ -470,6 +474,7 @@ def save_state(run: Run, epochs_done: int, epoch_step: int) -> None:
                 "step": run.step,
                 "rng": rng,
                 "decode_failures": (run.failures.failed, run.failures.attempted),
+                "failed_samples": failed_samples,
                 "config": run.config.to_dict(),
             })
             keep_copies(run, path, epochs_done, epoch_step)
