@@ -147,3 +147,17 @@ def test_data_views_follow_the_method():
         load_config(None, ["method.name=cmae_v", "data.views=clip"])
     with pytest.raises(ConfigError, match="unknown method.name 'videomea'"):
         load_config(None, ["method.name=videomea"])
+
+
+def test_videomae_fine_tuning_presets_follow_the_official_scripts():
+    """The official K400 ViT-B script: 384 videos a step (64 GPUs x 6), 2 samples each, lr 5e-4 x 384 / 256;
+    cmae's batch counts samples and its lr follows them."""
+    k400, ssv2 = (load_config(f"configs/finetune/videomae_vit_b_{name}.yaml") for name in ("k400", "ssv2"))
+    for config in (k400, ssv2):
+        ft = config.finetune
+        assert config.finetune.batch_size // config.data.repeat == 384 and config.data.repeat == 2
+        assert ft.base_lr * ft.batch_size / 256 == pytest.approx(5e-4 * 384 / 256)
+        assert (ft.layer_decay, ft.reprob, ft.randaug_n, ft.randaug_m, config.eval.crops) == (0.75, 0.25, 4, 7, 3)
+        assert config.model.name == "vit_base" and config.model.tubelet_size == 2  # loads official weights alone
+    assert (k400.data.temporal_sampling, k400.data.hflip, k400.finetune.epochs, k400.eval.clips) == ("dense", True, 75, 5)
+    assert (ssv2.data.temporal_sampling, ssv2.data.hflip, ssv2.finetune.epochs, ssv2.eval.clips) == ("segment", False, 30, 2)

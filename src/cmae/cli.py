@@ -55,7 +55,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.command == "finetune":
         from cmae.engine.finetune import finetune
 
-        summary = finetune(args.checkpoint, args.output, args.config, args.overrides)
+        summary = finetune(args.checkpoint, args.output, args.config, args.overrides, resume=args.resume)
     else:
         from cmae.engine.evaluate import frozen_evaluation
 
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "--config), or a foreign file / Hugging Face folder (MAE, timm, VideoMAE) with --config")
         if name == "finetune":
             source.add_argument("--init", dest="checkpoint", help="the same as --checkpoint: the weights to start from")
+            evaluate.add_argument("--resume", help="a fine-tuning checkpoint to continue from, or 'auto': the output "
+                                  "folder's checkpoint-last.pt if there is one, else a fresh start")
         evaluate.add_argument("--output", required=True, help="folder for config.yaml and summary.json")
         evaluate.add_argument("--config", help="a preset laid over the checkpoint's config (required with random)")
         evaluate.add_argument("overrides", nargs="*", metavar="key=value",

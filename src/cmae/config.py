@@ -49,6 +49,9 @@ class DataConfig:
     shuffle_buffer: int = 100  # tar shards: samples (still encoded) each loader worker shuffles among
     num_frames: int = 16  # frames per clip fed to the encoder (1 for image MAE)
     sampling_rate: int = 4  # stride between sampled frames
+    # dense: num_frames frames at sampling_rate from a random start (VideoMAE on Kinetics); segment: the video cut
+    # into num_frames equal segments, a frame from each (TSN's; VideoMAE's fine-tuning on SSv2), sampling_rate unused
+    temporal_sampling: Literal["dense", "segment"] = "dense"
     image_size: int = 224
     # how a sample becomes the method's inputs (cmae.data.views); auto: the method's own sampler
     views: Literal["auto", "clip", "temporal_shift", "frame_pair"] = "auto"
@@ -215,6 +218,8 @@ class FinetuneConfig(ScheduleConfig):
     randaug_n: int = 2  # RandAugment ops per sample (0 disables)
     # magnitude on timm's 0-10 scale; ViC-MAE's (9, 0.5) = m9 (its 0.5 std jitter is not modelled)
     randaug_m: int = 9
+    # random erasing (VideoMAE's --reprob 0.25): each frame, independently, loses a random box to noise
+    reprob: float = 0.0
     # mean pooling: false skips the encoder's final norm before fc_norm (MAE's, VideoMAE's, timm's layout);
     # true keeps it (cmae's layout until then)
     encoder_norm: bool = False
@@ -275,7 +280,7 @@ _RULES: dict[str, tuple[Any, str]] = {
         "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad")},
     **{key: (_fraction, "in [0, 1)") for key in (
         "data.image_ratio", "model.drop_path", "method.mask_ratio", "method.decoder_mask_ratio", "finetune.drop_path",
-        "finetune.label_smoothing")},
+        "finetune.label_smoothing", "finetune.reprob")},
     **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
     "data.test_crop_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),

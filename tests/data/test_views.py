@@ -1,7 +1,8 @@
+import pytest
 import torch
 
-from cmae.config import DataConfig
-from cmae.data.views import ClipView, build_view, clip_indices
+from cmae.config import ConfigError, DataConfig
+from cmae.data.views import ClipView, EraseEachFrame, MultiViewClips, build_view, clip_indices, segment_indices
 
 
 class FakeSource:
@@ -172,3 +173,51 @@ def test_test_crop_ratio_resizes_before_the_centre_crop():
     whole = MultiViewClips(DataConfig(**{**config.__dict__, "test_crop_ratio": 1.0}))(Ramp(4))["video"]
     assert whole.shape[-1] == 8 and (whole[0, 0, 0, 0] * 255).round()[0] < 40  # resized to 8: all columns in view
 
+
+
+def test_random_erasing_boxes_each_frame_independently_after_normalising():
+    config = DataConfig(num_frames=8, sampling_rate=1, image_size=16, mean=[0, 0, 0], std=[1, 1, 1])
+    torch.manual_seed(3)
+    plain = ClipView(config, train=True)(FakeSource(8))["video"]
+    torch.manual_seed(3)  # the same crop and flip: erasing draws its numbers last
+    erased = ClipView(config, train=True, erase=1.0)(FakeSource(8))["video"]
+    boxes = set()
+    for t in range(8):
+        changed = (erased[:, t] != plain[:, t]).any(0)  # [H, W]
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        height, width = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+        assert 0.02 * 256 <= height * width <= 256 / 3 + 1 and changed.sum() >= 0.9 * height * width  # one box
+        boxes.add((int(rows[0]), int(cols[0]), height, width))
+        # filled with N(0, 1) noise, not a constant
+        assert erased[:, t][:, changed].std() > 0.5
+    assert len(boxes) > 1  # a box of its own per frame, as VideoMAE's erasing (timm's, frames as a batch)
+    torch.manual_seed(3)
+    assert torch.equal(ClipView(config, train=True, erase=0.0)(FakeSource(8))["video"], plain)
+    assert not any(isinstance(t, EraseEachFrame) for t in ClipView(config, train=False, erase=1.0).transform.transforms)
+
+
+def test_segment_sampling_takes_a_frame_from_each_segment():
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(50):  # 40 frames in 8 segments of 5: one random frame of each
+        indices = segment_indices(40, 8)
+        assert [i // 5 for i in indices] == list(range(8))
+        seen.update(i % 5 for i in indices)
+    assert seen == set(range(5))
+    # VideoMAE's SSv2 test: 2 views, the segments' starts and middles (int(tick * x), int(tick / 2 + tick * x))
+    tick = 45 / 8
+    assert segment_indices(45, 8, view=0, views=2) == [int(tick * x) for x in range(8)]
+    assert segment_indices(45, 8, view=1, views=2) == [int(tick / 2 + tick * x) for x in range(8)]
+    assert segment_indices(5, 8) == clip_indices(5, 8, 1)  # shorter than the clip: covered evenly
+
+
+def test_segment_sampling_in_the_training_and_test_views():
+    config = DataConfig(num_frames=4, sampling_rate=2, image_size=8, mean=[0, 0, 0], std=[1, 1, 1],
+                        temporal_sampling="segment")
+    torch.manual_seed(0)
+    index = (ClipView(config, train=True)(FakeSource(40))["video"][1, :, 0, 0] * 255).round().long()
+    assert (index // 10).tolist() == [0, 1, 2, 3]  # the whole video, not 4 frames at stride 2
+    views = MultiViewClips(config, clips=2, crops=1)(FakeSource(40))["video"]  # [V, C, T, H, W]
+    assert (views[:, 1, :, 0, 0] * 255).round().long().tolist() == [[0, 10, 20, 30], [5, 15, 25, 35]]
+    with pytest.raises(ConfigError, match="data.temporal_sampling=segment is for single clips"):
+        build_view(DataConfig(views="temporal_shift", temporal_sampling="segment"))

@@ -3,11 +3,14 @@ import json
 import pytest
 import torch
 
+from cmae.cli import main
 from cmae.config import ConfigError, load_config
 from cmae.engine.finetune import Classifier, FinetuneObjective, finetune, layer_decay_groups
 from cmae.engine.pretrain import pretrain
 from cmae.models.vit import VisionTransformer
-from tests.helpers import tiny_overrides
+from tests.helpers import TINY_INPUT, TINY_MODEL, tiny_overrides
+
+TINY = [*TINY_MODEL, *TINY_INPUT, "data.num_frames=4"]
 
 
 def test_layer_decay_scales():
@@ -60,3 +63,26 @@ def test_finetune_end_to_end_with_multiview_and_fraction(synth_dir, tmp_path):
     assert "loss_cls" in (tmp_path / "ft" / "metrics.jsonl").read_text()
     with pytest.raises(ConfigError, match="not eval.feature='temporal'"):
         finetune(run / "checkpoint-last.pt", tmp_path / "ft2", overrides=overrides + ["eval.feature=temporal"])
+
+
+def test_finetune_repeats_samples_and_resumes_mid_run_exactly(synth_dir, tmp_path):
+    """data.repeat=2 gives each video two augmented samples (an epoch of 2 x 24); a run resumed from
+    its step-5 checkpoint (mid-epoch, through the command's --resume) ends as the uninterrupted one."""
+    overrides = [f"data.train={synth_dir / 'train.txt'}", f"data.val={synth_dir / 'val.txt'}", "data.repeat=2",
+                 "finetune.epochs=2", "finetune.batch_size=8", "finetune.warmup_epochs=1", "finetune.reprob=0.25",
+                 "train.save_every_steps=1", "train.keep_checkpoints=20", "eval.batch_size=4"]
+    full = finetune("random", tmp_path / "full", config_path="configs/demo/videomae.yaml",
+                    overrides=[*TINY, *overrides])
+    assert full["steps"] == 2 * 24 * 2 // 8
+    main(["finetune", "--init", "random", "--config", "configs/demo/videomae.yaml", "--output",
+          str(tmp_path / "resumed"), "--resume", str(tmp_path / "full" / "checkpoint-step0000005.pt"),
+          *TINY, *overrides])
+    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert resumed["steps"] == full["steps"] and resumed["top1"] == full["top1"]
+    a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "checkpoint-last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with pytest.raises(ConfigError, match="saved mid-epoch with finetune.batch_size=8; this run has 4"):
+        finetune("random", tmp_path / "other", config_path="configs/demo/videomae.yaml",
+                 overrides=[*TINY, *overrides, "finetune.batch_size=4"],
+                 resume=tmp_path / "full" / "checkpoint-step0000005.pt")

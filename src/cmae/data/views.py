@@ -87,6 +87,27 @@ def clip_indices(video_frames: int, num_frames: int, rate: int, start: int | Non
     return [start + k * rate for k in range(num_frames)]
 
 
+def segment_indices(video_frames: int, num_frames: int, view: int | None = None, views: int = 1) -> list[int]:
+    """TSN's sampling, VideoMAE's for SSv2: the video cut into `num_frames` equal segments and one
+    frame taken from each, so a clip spans the whole video. Training (`view` None): a random frame
+    of each segment; test view k of `views`: the frame k / views of the way into each segment (2
+    views: the segments' starts and middles, as VideoMAE's SSv2 test). A video of fewer frames
+    than the clip is covered evenly (VideoMAE's code repeats its first frame)."""
+    if video_frames < num_frames:
+        return clip_indices(video_frames, num_frames, 1)
+    if view is None:
+        length = video_frames // num_frames
+        return [k * length + randint(0, length - 1) for k in range(num_frames)]
+    tick = video_frames / num_frames
+    return [min(int(tick * (k + view / views)), video_frames - 1) for k in range(num_frames)]
+
+
+def dense_only(config: DataConfig, sampler: str) -> None:
+    if config.temporal_sampling != "dense":
+        raise ConfigError(f"data.temporal_sampling={config.temporal_sampling} is for single clips (fine-tuning, "
+                          f"evaluation, data.views=clip); the {sampler} views sample densely: set it to dense")
+
+
 def eval_short_side(config: DataConfig) -> int:
     """Short side of a test view before its crop: image_size / data.test_crop_ratio."""
     return round(config.image_size / config.test_crop_ratio)
@@ -97,12 +118,27 @@ def normalization(config: DataConfig) -> v2.Compose:
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
 
 
-def spatial_transform(config: DataConfig, train: bool, randaug: tuple[int, int] | None = None) -> v2.Compose:
+class EraseEachFrame:
+    """VideoMAE's fine-tuning random erasing (timm's RandomErasing given the frames as a batch, mode
+    'pixel', one box): each frame of a normalised `Video` `[T, C, H, W]`, independently with
+    probability p, gets a box of 2-33 % of its area (aspect 0.3-3.3) filled with N(0, 1) noise."""
+
+    def __init__(self, p: float):
+        self.erase = v2.RandomErasing(p, scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), value="random")
+
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        frames = video.as_subclass(torch.Tensor)
+        return tv_tensors.wrap(torch.stack([self.erase(frame) for frame in frames]), like=video)
+
+
+def spatial_transform(config: DataConfig, train: bool, randaug: tuple[int, int] | None = None,
+                      erase: float = 0.0) -> v2.Compose:
     """Crop/flip drawn once per call and applied to every frame of a `Video`, then normalise.
 
     Train: random resized crop (scale `data.crop_scale`), horizontal flip and, for
-    fine-tuning, RandAugment (num_ops, magnitude), one draw per clip. Eval: resize the
-    short side (to `eval_short_side`) and centre-crop.
+    fine-tuning, RandAugment (num_ops, magnitude), one draw per clip, and after normalising,
+    random erasing of each frame with probability `erase`. Eval: resize the short side (to
+    `eval_short_side`) and centre-crop.
     """
     size = config.image_size
     if train:
@@ -115,7 +151,8 @@ def spatial_transform(config: DataConfig, train: bool, randaug: tuple[int, int] 
             geometric.append(v2.RandAugment(num_ops=randaug[0], magnitude=randaug[1], num_magnitude_bins=11))
     else:
         geometric = [v2.Resize(eval_short_side(config)), v2.CenterCrop(size)]
-    return v2.Compose([*geometric, normalization(config)])
+    erasing = [EraseEachFrame(erase)] if train and erase > 0 else []
+    return v2.Compose([*geometric, normalization(config), *erasing])
 
 
 def as_clip(video: torch.Tensor) -> torch.Tensor:
@@ -131,12 +168,16 @@ def to_clip(frames: torch.Tensor, transform: Callable) -> torch.Tensor:
 class ClipView(TrainView):
     """One clip of `num_frames` frames at `sampling_rate` -> {"video": [C, T, H, W]}."""
 
-    def __init__(self, config: DataConfig, train: bool = True, randaug: tuple[int, int] | None = None):
+    def __init__(self, config: DataConfig, train: bool = True, randaug: tuple[int, int] | None = None,
+                 erase: float = 0.0):
         self.num_frames = config.num_frames
         self.rate = config.sampling_rate
-        self.transform = spatial_transform(config, train, randaug)
+        self.segments = config.temporal_sampling == "segment"
+        self.transform = spatial_transform(config, train, randaug, erase)
 
     def plan(self, source: FrameSource) -> Plan:
+        if self.segments:
+            return Plan(segment_indices(source.num_frames, self.num_frames))
         return Plan(clip_indices(source.num_frames, self.num_frames, self.rate))
 
     def render(self, frames: torch.Tensor, plan: Plan) -> dict[str, torch.Tensor]:
@@ -175,6 +216,7 @@ class TemporalShiftViews(TrainView):
     """
 
     def __init__(self, config: DataConfig, train: bool = True):
+        dense_only(config, "temporal_shift")
         self.num_frames, self.rate = config.num_frames, config.sampling_rate
         self.max_shift, self.pixel_shift = config.max_shift, config.pixel_shift
         self.size, self.hflip = config.image_size, config.hflip
@@ -229,6 +271,7 @@ class FramePairViews(TrainView):
     """
 
     def __init__(self, config: DataConfig, train: bool = True):
+        dense_only(config, "frame_pair")
         # One draw at construction: it used to reject a bad sampling name here (the config does now);
         # kept because it advances the RNG, and every seeded run's augmentations follow from it.
         frame_pair_indices(2, config.pair_sampling, config.frame_gap)
@@ -276,7 +319,8 @@ def crop_offsets(length: int, size: int, crops: int) -> list[int]:
 class MultiViewClips:
     """Deterministic test views -> {"video": [V, C, T, H, W]}, V = clips x crops.
 
-    `eval.clips` temporal clips spread over the video, each resized (short side to
+    `eval.clips` temporal clips spread over the video (with `data.temporal_sampling=segment`,
+    each a frame from every segment, at its own offset into the segments), each resized (short side to
     `eval_short_side`: `data.image_size` unless `data.test_crop_ratio` < 1) and cut into
     `eval.crops` square crops of `data.image_size` along the long side (centred on the short side). Scores
     or features of the V views are averaged by the evaluation code.
@@ -290,9 +334,13 @@ class MultiViewClips:
 
     def __call__(self, source: FrameSource) -> dict[str, torch.Tensor]:
         cfg, size = self.config, self.config.image_size
+        if cfg.temporal_sampling == "segment":
+            clips = [segment_indices(source.num_frames, cfg.num_frames, k, self.clips) for k in range(self.clips)]
+        else:
+            clips = [clip_indices(source.num_frames, cfg.num_frames, cfg.sampling_rate, start=start) for start in
+                     evenly_spaced_starts(source.num_frames, cfg.num_frames, cfg.sampling_rate, self.clips)]
         views = []
-        for start in evenly_spaced_starts(source.num_frames, cfg.num_frames, cfg.sampling_rate, self.clips):
-            indices = clip_indices(source.num_frames, cfg.num_frames, cfg.sampling_rate, start=start)
+        for indices in clips:
             video = v2.functional.resize(tv_tensors.Video(source.get_frames(indices)), eval_short_side(cfg), antialias=True)
             height, width = video.shape[-2:]
             for offset in crop_offsets(max(height, width), size, self.crops):

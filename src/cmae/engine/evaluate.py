@@ -76,8 +76,8 @@ def _cache_key(checkpoint: str | Path, samples: Sequence[Sample], config: Config
     setting that shapes a feature."""
     digest = hashlib.sha1()
     parts: list[Any] = [config.eval.feature, config.eval.clips, config.eval.crops, config.data.num_frames,
-                        config.data.sampling_rate, config.data.image_size, config.data.test_crop_ratio,
-                        config.data.mean, config.data.std,
+                        config.data.sampling_rate, config.data.temporal_sampling, config.data.image_size,
+                        config.data.test_crop_ratio, config.data.mean, config.data.std,
                         _decoder_in_use(config.data.decoder)]
     parts.append(str(Path(checkpoint).resolve()))
     for path in [Path(checkpoint), *(sample.path for sample in samples)]:

@@ -140,8 +140,9 @@ def finetune_train_config(config: Config) -> TrainConfig:
 
 
 def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path | None = None,
-             overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Fine-tune a checkpoint's encoder (or a random one) on data.train, test on data.val."""
+             overrides: Sequence[str] = (), resume: str | Path | None = None) -> dict[str, Any]:
+    """Fine-tune a checkpoint's encoder (or a random one) on data.train, test on data.val.
+    `resume`: a fine-tuning checkpoint to continue from, or "auto" (see `train_loop`)."""
     config, method = load_pretrained(checkpoint, config_path, overrides)
     check_evaluation_data(config, "fine-tuning")
     if config.eval.feature not in ("mean", "cls"):
@@ -163,8 +164,9 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
     def make_job(device: torch.device) -> Job:
         classifier = Classifier(encoder, num_classes, config.eval.feature, ft.encoder_norm).to(device)
         objective = FinetuneObjective(classifier, num_classes, ft.mixup, ft.cutmix, ft.label_smoothing)
-        dataset = VideoDataset(samples, ClipView(config.data, train=True, randaug=(ft.randaug_n, ft.randaug_m)),
-                               backend=config.data.decoder, cache_decoded=config.data.cache_decoded)
+        view = ClipView(config.data, train=True, randaug=(ft.randaug_n, ft.randaug_m), erase=ft.reprob)
+        dataset = VideoDataset(samples, view, backend=config.data.decoder, cache_decoded=config.data.cache_decoded,
+                               repeat=config.data.repeat)
 
         def finish(trained: FinetuneObjective) -> dict[str, Any]:
             result = multiview_accuracy(trained.classifier, test_set, config, device)
@@ -174,4 +176,4 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
 
         return Job(objective, dataset, layer_decay_groups(classifier, ft.weight_decay, ft.layer_decay), train, finish)
 
-    return train_loop(config, output, make_job)
+    return train_loop(config, output, make_job, resume)

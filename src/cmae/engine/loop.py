@@ -317,7 +317,8 @@ def restore_state(run: Run, resume: str | Path, override: bool = False) -> None:
     run.start_epoch_step = state.get("epoch_step", 0)  # checkpoints before mid-epoch saves: 0
     if run.start_epoch_step:  # the samples to skip are counted in this run's batches: they must be the saved ones
         saved = config_from_dict(state["config"])
-        for key, now, before in (("train.batch_size", run.config.train.batch_size, saved.train.batch_size),
+        batch_key = "finetune.batch_size" if run.job.method.name == "finetune" else "train.batch_size"
+        for key, now, before in ((batch_key, run.train.batch_size, state.get("batch_size", saved.train.batch_size)),
                                  ("data.repeat", run.config.data.repeat, saved.data.repeat)):
             if now != before:
                 raise ConfigError(f"{resume} was saved mid-epoch with {key}={before}; this run has {now}, so it "
@@ -472,6 +473,7 @@ def save_state(run: Run, epochs_done: int, epoch_step: int) -> None:
                 "epoch": epochs_done,
                 "epoch_step": epoch_step,
                 "step": run.step,
+                "batch_size": run.train.batch_size,  # samples per step: what a mid-epoch resume skips by
                 "rng": rng,
                 "decode_failures": (run.failures.failed, run.failures.attempted),
                 "failed_samples": failed_samples,
