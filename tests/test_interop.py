@@ -41,6 +41,7 @@ def test_videomae_from_hf_gives_the_same_loss_and_gradients():
 # --- importing the field's checkpoints (no hub: random-init models saved in the official layouts) ---
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -285,3 +286,52 @@ def test_mae_st_file_with_separable_learned_tables_matches_its_reference(tmp_pat
     clip = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         assert (method.encoder(clip) - mae_st_reference(state, clip, heads=2)).abs().max() < 1e-5
+
+
+def test_finetune_epochs_0_tests_an_official_fine_tuned_file_as_it_is(synth_dir, tmp_path):
+    """VideoMAE's --eval: an official-layout fine-tuned file (un-prefixed encoder without a final
+    norm, fc_norm, head) is tested through the command without training; its top-1 is the one
+    Hugging Face's classifier with the same weights gives over the same test views."""
+    from cmae.config import ConfigError
+    from cmae.data.dataset import VideoDataset
+    from cmae.data.lists import read_samples
+    from cmae.data.views import MultiViewClips
+    from cmae.engine.finetune import finetune
+
+    torch.manual_seed(0)
+    hf = transformers.VideoMAEForVideoClassification(transformers.VideoMAEConfig(
+        **{**TINY_HF, "use_mean_pooling": True}, num_labels=8)).eval()
+    randomize_biases(hf)
+    state = {k.removeprefix("videomae."): v for k, v in hf.state_dict().items() if k.startswith("videomae.")}
+    official = official_videomae_layout({**state, "layernorm.weight": torch.ones(48), "layernorm.bias": torch.zeros(48)},
+                                        prefix="")
+    del official["norm.weight"], official["norm.bias"]  # mean pooling: fc_norm instead of a final norm
+    official.update({"fc_norm.weight": hf.fc_norm.weight, "fc_norm.bias": hf.fc_norm.bias,
+                     "head.weight": hf.classifier.weight, "head.bias": hf.classifier.bias})
+    torch.save({"module": official}, tmp_path / "finetuned.pth")
+    data = [f"data.val={synth_dir / 'val.txt'}", *TINY_MODEL, *TINY_INPUT, "data.num_frames=4", "eval.batch_size=8",
+            "eval.clips=2", "eval.crops=3", "finetune.epochs=0"]
+    run = subprocess.run([sys.executable, "-m", "cmae.cli", "finetune", "--init", str(tmp_path / "finetuned.pth"),
+                          "--config", "configs/demo/videomae.yaml", "--output", str(tmp_path / "test"), *data],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "classification head: 4 tensors" in run.stdout
+    summary = json.loads((tmp_path / "test" / "summary.json").read_text())
+    assert summary["num_train"] == 0 and summary["head_from_file"] and summary["num_val"] == 8
+    config = load_config("configs/demo/videomae.yaml", data)
+    views = VideoDataset(read_samples(config.data.val, config.data), MultiViewClips(config.data, 2, 3))
+    hf.fc_norm.eps = 1e-6  # cmae's fc_norm eps, as the official code's
+    hits = 0
+    with torch.no_grad():
+        for index in range(len(views)):
+            item = views[index]
+            scores = hf(item["video"].transpose(1, 2)).logits.softmax(-1).mean(0)  # 6 views of one video
+            hits += int(scores.argmax()) == int(item["label"])
+    assert summary["top1"] == pytest.approx(100 * hits / len(views))
+    tuned = finetune(tmp_path / "finetuned.pth", tmp_path / "tuned", "configs/demo/videomae.yaml",
+                     [*data, f"data.train={synth_dir / 'train.txt'}", "finetune.epochs=1", "finetune.batch_size=8"])
+    assert tuned["head_from_file"] and tuned["steps"] == 3  # the data's 8 classes: training starts from the file's head
+    with pytest.raises(ConfigError, match="tests a fine-tuned file's classifier, and .* has none"):
+        torch.save({"model": official_videomae_layout(transformers.VideoMAEModel(
+            transformers.VideoMAEConfig(**TINY_HF)).state_dict())}, tmp_path / "pretrained.pth")
+        finetune(tmp_path / "pretrained.pth", tmp_path / "none", "configs/demo/videomae.yaml", data)

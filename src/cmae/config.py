@@ -156,11 +156,11 @@ class ScheduleConfig:
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float = 0.0  # max gradient norm; 0 disables clipping
+    accum_steps: int = 1  # micro-batches per optimiser step, each batch_size / (processes x accum_steps) (--update_freq)
 
 
 @dataclass
 class TrainConfig(ScheduleConfig):
-    accum_steps: int = 1
     lr: float = 0.0  # > 0: this lr, whatever the batch
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -205,7 +205,7 @@ class FinetuneConfig(ScheduleConfig):
     """End-to-end fine-tuning (ViC-MAE Table 6, VideoMAE's recipe for video): the schedule's
     fine-tuning defaults, then what only fine-tuning has."""
 
-    epochs: int = 100
+    epochs: int = 100  # 0: no training, the test of a fine-tuned file's classifier (VideoMAE's --eval)
     base_lr: float = 1e-3
     min_lr: float = 1e-6
     warmup_epochs: float = 5.0
@@ -223,6 +223,7 @@ class FinetuneConfig(ScheduleConfig):
     # mean pooling: false skips the encoder's final norm before fc_norm (MAE's, VideoMAE's, timm's layout);
     # true keeps it (cmae's layout until then)
     encoder_norm: bool = False
+    head_dropout: float = 0.0  # dropout between the pooled feature and the head (VideoMAE's --fc_drop_rate; UCF101: 0.5)
 
 
 @dataclass
@@ -269,7 +270,7 @@ _RULES: dict[str, tuple[Any, str]] = {
         "train.epochs", "train.batch_size", "train.accum_steps", "train.log_every", "train.save_every",
         "data.repeat", "data.prefetch_factor",
         "eval.clips", "eval.crops", "eval.batch_size", "eval.probe_epochs", "eval.probe_batch_size",
-        "eval.knn_k", "eval.knn_temperature", "finetune.epochs", "finetune.batch_size")},
+        "eval.knn_k", "eval.knn_temperature", "finetune.batch_size", "finetune.accum_steps")},
     **{key: (_non_negative, ">= 0") for key in (
         "data.num_workers", "data.max_shift", "data.pixel_shift", "data.frame_gap", "model.patch_size",
         "model.decoder_depth", "method.con_weight", "method.con_start_epoch", "train.base_lr", "train.lr",
@@ -277,10 +278,11 @@ _RULES: dict[str, tuple[Any, str]] = {
         "train.max_steps_per_epoch", "model.pos_frames", "train.save_every_steps", "train.keep_checkpoints",
         "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay",
         "finetune.base_lr", "finetune.min_lr", "finetune.warmup_epochs", "finetune.weight_decay",
-        "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad")},
+        "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad",
+        "finetune.epochs")},  # 0: test a fine-tuned file as it is
     **{key: (_fraction, "in [0, 1)") for key in (
         "data.image_ratio", "model.drop_path", "method.mask_ratio", "method.decoder_mask_ratio", "finetune.drop_path",
-        "finetune.label_smoothing", "finetune.reprob")},
+        "finetune.label_smoothing", "finetune.reprob", "finetune.head_dropout")},
     **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
     "data.test_crop_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),

@@ -5,8 +5,9 @@ official VideoMAE (v1, v2) and Hugging Face's VideoMAE.
     report = load_imported(method, imported)                  # strict: every key loaded or named
 
 Every key of a file is either mapped onto cmae's encoder (and pixel decoder, where the file
-has a compatible one) or dropped by a rule that the report names (an optimiser, a
-classification head); any other key is an error that names it. Files are read with
+has a compatible one), kept as a fine-tuned file's classification head (`fc_norm`, `head`:
+fine-tuning and its test-only mode use it), or dropped by a rule that the report names; any
+other key is an error that names it. Files are read with
 `torch.load(weights_only=True)`; MAE's and VideoMAE's training files also pickle their
 `argparse.Namespace`, which is the one class allowed beyond tensors and containers.
 """
@@ -34,9 +35,10 @@ FORMATS = {
 
 # Keys a file may hold that cmae's encoder and decoder have no place for: dropped, and reported.
 IGNORED = {
-    "classification head": re.compile(r"^(head|fc_norm|classifier)\."),
     "decoder position table": re.compile(r"^decoder_pos_embed$"),
 }
+# A fine-tuned file's classifier after mean pooling -> cmae's `Classifier` names (Hugging Face calls the head `classifier`)
+HEAD_PREFIXES = {"fc_norm.": "fc_norm.", "head.": "head.", "classifier.": "head."}
 
 # Per-block names: Hugging Face's -> cmae's (timm's). query/key/value are fused into qkv below.
 _HF_BLOCK = {
@@ -67,6 +69,7 @@ class Imported:
     pos_size: int | None = None  # a learned table's grid side
     pos_frames: int | None = None  # a learned temporal table's length (mae_st)
     notes: list[str] = field(default_factory=list)  # differences the report mentions
+    head: dict[str, torch.Tensor] = field(default_factory=dict)  # a fine-tuned file's fc_norm.* and head.*
 
 
 def _torch_load(path: Path) -> object:
@@ -142,7 +145,7 @@ class _Mapper:
     """Moves keys from `source` to `out`; whatever is left at the end is an error or an ignored rule."""
 
     def __init__(self, source: dict[str, torch.Tensor]):
-        self.source, self.out, self.ignored = dict(source), {}, {}
+        self.source, self.out, self.ignored, self.head = dict(source), {}, {}, {}
 
     def move(self, old: str, new: str, transform=None) -> bool:
         if old not in self.source:
@@ -191,6 +194,9 @@ class _Mapper:
                     self.move(f"{p}.{hf_name}.{part}", f"{new_prefix}.{i}.{name}.{part}")
 
     def finish(self, path: Path) -> dict[str, int]:
+        for old, new in HEAD_PREFIXES.items():
+            for key in [k for k in self.source if k.startswith(old)]:
+                self.head[new + key.removeprefix(old)] = self.source.pop(key)
         for rule, pattern in IGNORED.items():
             dropped = [k for k in self.source if pattern.match(k)]
             for key in dropped:
@@ -246,7 +252,7 @@ def _mae_st(m: _Mapper, path: Path) -> tuple[str, bool, int, int]:
     m.move("pos_embed_class", "encoder.cls_pos_embed")
     for rule, keys in (("mae_st's pixel decoder", [k for k in m.source if k.startswith(("decoder_", "mask_token"))]),
                        ("classification head (mae_st normalises after pooling)",
-                        [k for k in m.source if fine_tuned and k.startswith("norm.")])):
+                        [k for k in m.source if fine_tuned and k.startswith(("norm.", "head."))])):
         for key in keys:
             m.source.pop(key)
         if keys:
@@ -319,7 +325,7 @@ def import_weights(path: str | Path) -> Imported:
     if eps != 1e-6:
         notes.append(f"its config's layer_norm_eps is {eps:g}, cmae's 1e-6: outputs differ by about 1e-6 relative")
     return Imported(path, kind, mapper.out, pos_embed, cls_token, ignored, pos_size=pos_size, pos_frames=pos_frames,
-                    notes=notes)
+                    notes=notes, head=mapper.head)
 
 
 def load_imported(method: torch.nn.Module, imported: Imported) -> str:
@@ -355,6 +361,10 @@ def load_imported(method: torch.nn.Module, imported: Imported) -> str:
         else:
             lines.append(f"  pixel decoder: {len(decoder)} tensors not loaded (this model's decoder differs "
                          "in shape or has none); it starts from its initialisation")
+    if imported.head:
+        classes = imported.head["head.weight"].shape[0] if "head.weight" in imported.head else "?"
+        lines.append(f"  classification head: {len(imported.head)} tensors ({classes} classes), for `cmae finetune` "
+                     "when its data has as many classes (finetune.epochs=0 tests the file as it is)")
     lines += [f"  not loaded, {rule}: {count} tensors" for rule, count in imported.ignored.items()]
     lines += [f"  note: {note}" for note in imported.notes]
     return "\n".join(lines)

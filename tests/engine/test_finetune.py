@@ -5,7 +5,7 @@ import torch
 
 from cmae.cli import main
 from cmae.config import ConfigError, load_config
-from cmae.engine.finetune import Classifier, FinetuneObjective, finetune, layer_decay_groups
+from cmae.engine.finetune import Classifier, FinetuneObjective, finetune, finetune_train_config, layer_decay_groups
 from cmae.engine.pretrain import pretrain
 from cmae.models.vit import VisionTransformer
 from tests.helpers import TINY_INPUT, TINY_MODEL, tiny_overrides
@@ -66,11 +66,15 @@ def test_finetune_end_to_end_with_multiview_and_fraction(synth_dir, tmp_path):
 
 
 def test_finetune_repeats_samples_and_resumes_mid_run_exactly(synth_dir, tmp_path):
-    """data.repeat=2 gives each video two augmented samples (an epoch of 2 x 24); a run resumed from
-    its step-5 checkpoint (mid-epoch, through the command's --resume) ends as the uninterrupted one."""
+    """data.repeat=2 gives each video two augmented samples (an epoch of 2 x 24), in two micro-batches
+    a step; a run resumed from its step-5 checkpoint (mid-epoch, through the command's --resume)
+    ends as the uninterrupted one, head dropout and random erasing included."""
     overrides = [f"data.train={synth_dir / 'train.txt'}", f"data.val={synth_dir / 'val.txt'}", "data.repeat=2",
                  "finetune.epochs=2", "finetune.batch_size=8", "finetune.warmup_epochs=1", "finetune.reprob=0.25",
+                 "finetune.accum_steps=2", "finetune.head_dropout=0.5",
                  "train.save_every_steps=1", "train.keep_checkpoints=20", "eval.batch_size=4"]
+    config = load_config("configs/demo/videomae.yaml", overrides)
+    assert finetune_train_config(config).accum_steps == 2
     full = finetune("random", tmp_path / "full", config_path="configs/demo/videomae.yaml",
                     overrides=[*TINY, *overrides])
     assert full["steps"] == 2 * 24 * 2 // 8
@@ -82,6 +86,11 @@ def test_finetune_repeats_samples_and_resumes_mid_run_exactly(synth_dir, tmp_pat
     a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "resumed" / "checkpoint-last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    retest = finetune("random", tmp_path / "full", config_path="configs/demo/videomae.yaml",
+                      overrides=[*TINY, *overrides, "eval.clips=1"], resume="auto")  # a finished run: the test only
+    assert retest["steps"] == full["steps"] and retest["top1"] >= 0
+    with pytest.raises(ConfigError, match="is a cmae fine-tuning checkpoint, not a pre-trained one"):
+        finetune(tmp_path / "full" / "checkpoint-last.pt", tmp_path / "other", overrides=overrides)
     with pytest.raises(ConfigError, match="saved mid-epoch with finetune.batch_size=8; this run has 4"):
         finetune("random", tmp_path / "other", config_path="configs/demo/videomae.yaml",
                  overrides=[*TINY, *overrides, "finetune.batch_size=4"],

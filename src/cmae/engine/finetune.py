@@ -3,13 +3,16 @@
 Recipe knobs (ViC-MAE Table 6; VideoMAE for video): layer-wise lr decay, drop path,
 mixup / cutmix, label smoothing, RandAugment, AdamW (0.9, 0.999), weight decay 0.05,
 cosine with warmup; a seeded class-balanced label fraction (`eval.label_fraction`);
-multi-view testing (`eval.clips` x `eval.crops`, softmax averaged) at the end.
+multi-view testing (`eval.clips` x `eval.crops`, softmax averaged) at the end. A fine-tuned
+foreign file's classifier (official VideoMAE, Hugging Face, timm) is kept when the classes match;
+`finetune.epochs=0` only tests it (VideoMAE's --eval).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +23,15 @@ from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from cmae.config import Config, ConfigError, ScheduleConfig, TrainConfig
+from cmae.config import Config, ConfigError, ScheduleConfig, TrainConfig, save_config
 from cmae.data.dataset import VideoDataset, decoded_items
 from cmae.data.lists import read_samples
 from cmae.data.views import ClipView, MultiViewClips
-from cmae.distributed import all_reduce_sum, rank_and_world
+from cmae.distributed import all_reduce_sum, cleanup, init_distributed, rank_and_world
 from cmae.engine.evaluate import balanced_fraction, check_evaluation_data, topk_accuracy
-from cmae.engine.loading import load_pretrained
+from cmae.engine.loading import load_with_head
 from cmae.engine.loop import Job, train_loop
+from cmae.engine.runtime import resolve_device
 from cmae.engine.schedule import no_weight_decay
 from cmae.methods.base import Method, MethodOutput
 from cmae.models import build_encoder
@@ -43,18 +47,20 @@ class Classifier(nn.Module):
     token keeps the final norm and has no `fc_norm`.
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, feature: str = "mean", encoder_norm: bool = False):
+    def __init__(self, encoder: nn.Module, num_classes: int, feature: str = "mean", encoder_norm: bool = False,
+                 head_dropout: float = 0.0):
         super().__init__()
         if feature == "mean" and not encoder_norm:
             encoder.norm = nn.Identity()
         self.encoder, self.feature = encoder, feature
         self.fc_norm = nn.LayerNorm(encoder.embed_dim, eps=1e-6) if feature == "mean" else nn.Identity()
+        self.dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(encoder.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE: a near-zero head keeps early updates small
         nn.init.zeros_(self.head.bias)
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
-        return self.head(self.fc_norm(pool_tokens(self.encoder, self.encoder(clip), self.feature)))
+        return self.head(self.dropout(self.fc_norm(pool_tokens(self.encoder, self.encoder(clip), self.feature))))
 
 
 def layer_decay_groups(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -134,7 +140,7 @@ def finetune_train_config(config: Config) -> TrainConfig:
     schedule["betas"] = list(schedule["betas"])  # a copy: the loop must not alias the config's list
     return dataclasses.replace(
         config.train, **schedule, lr=0.0,
-        accum_steps=1, keep_every=0, max_steps_per_epoch=0,  # a pre-training smoke run's cap is not inherited
+        keep_every=0, max_steps_per_epoch=0,  # a pre-training smoke run's cap is not inherited
         strategy="ddp",
     )
 
@@ -143,17 +149,23 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
              overrides: Sequence[str] = (), resume: str | Path | None = None) -> dict[str, Any]:
     """Fine-tune a checkpoint's encoder (or a random one) on data.train, test on data.val.
     `resume`: a fine-tuning checkpoint to continue from, or "auto" (see `train_loop`)."""
-    config, method = load_pretrained(checkpoint, config_path, overrides)
-    check_evaluation_data(config, "fine-tuning")
+    config, method, head = load_with_head(checkpoint, config_path, overrides)
+    ft = config.finetune
+    test_only = ft.epochs == 0
+    if test_only and not config.data.val:
+        raise ConfigError("finetune.epochs=0 (the test of a fine-tuned file) needs data.val")
+    if not test_only:
+        check_evaluation_data(config, "fine-tuning")
     if config.eval.feature not in ("mean", "cls"):
         raise ConfigError(f"fine-tuning pools 'mean' or 'cls' tokens, not eval.feature={config.eval.feature!r} "
                           "(a frozen-feature readout for linprobe / knn)")
-    ft = config.finetune
-    samples = read_samples(config.data.train, config.data, labelled=True)
-    keep = balanced_fraction([s.label for s in samples], config.eval.label_fraction, config.eval.fraction_seed)
-    samples = [samples[i] for i in keep]
     val_samples = read_samples(config.data.val, config.data, labelled=True)
-    num_classes = max(s.label for s in samples + val_samples) + 1
+    samples = []  # a test trains on nothing
+    if not test_only:
+        samples = read_samples(config.data.train, config.data, labelled=True)
+        keep = balanced_fraction([s.label for s in samples], config.eval.label_fraction, config.eval.fraction_seed)
+        samples = [samples[i] for i in keep]
+    num_classes, use_head = classes_and_head(checkpoint, head, [s.label for s in samples + val_samples], test_only)
     # Rebuild the encoder with fine-tuning's drop path, then take the pre-trained weights.
     encoder = build_encoder(dataclasses.replace(config.model, drop_path=ft.drop_path))
     encoder.load_state_dict(method.encoder.state_dict())
@@ -161,19 +173,79 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
     test_set = VideoDataset(val_samples, MultiViewClips(config.data, config.eval.clips, config.eval.crops),
                             backend=config.data.decoder)
 
+    def build_classifier(device: torch.device) -> Classifier:
+        classifier = Classifier(encoder, num_classes, config.eval.feature, ft.encoder_norm, ft.head_dropout)
+        if use_head:
+            load_head(classifier, head, checkpoint)
+        return classifier.to(device)
+
+    def summarize(result: dict[str, Any]) -> dict[str, Any]:
+        return {**result, "protocol": "finetune", "checkpoint": str(checkpoint), "num_train": len(samples),
+                "num_val": len(val_samples) - result["skipped_val"], "num_classes": num_classes,
+                "label_fraction": config.eval.label_fraction, "head_from_file": use_head}
+
+    if test_only:
+        return test_classifier(build_classifier, test_set, config, output, summarize)
+
     def make_job(device: torch.device) -> Job:
-        classifier = Classifier(encoder, num_classes, config.eval.feature, ft.encoder_norm).to(device)
+        classifier = build_classifier(device)
         objective = FinetuneObjective(classifier, num_classes, ft.mixup, ft.cutmix, ft.label_smoothing)
         view = ClipView(config.data, train=True, randaug=(ft.randaug_n, ft.randaug_m), erase=ft.reprob)
         dataset = VideoDataset(samples, view, backend=config.data.decoder, cache_decoded=config.data.cache_decoded,
                                repeat=config.data.repeat)
 
         def finish(trained: FinetuneObjective) -> dict[str, Any]:
-            result = multiview_accuracy(trained.classifier, test_set, config, device)
-            return {**result, "protocol": "finetune", "checkpoint": str(checkpoint), "num_train": len(samples),
-                    "num_val": len(val_samples) - result["skipped_val"],
-                    "num_classes": num_classes, "label_fraction": config.eval.label_fraction}
+            return summarize(multiview_accuracy(trained.classifier, test_set, config, device))
 
         return Job(objective, dataset, layer_decay_groups(classifier, ft.weight_decay, ft.layer_decay), train, finish)
 
     return train_loop(config, output, make_job, resume)
+
+
+def classes_and_head(checkpoint, head: dict[str, torch.Tensor], labels: list[int], test_only: bool) -> tuple[int, bool]:
+    """The classifier's class count, and whether it starts from the file's fine-tuned head: always
+    in a test, else when the data has as many classes (as VideoMAE's code keeps a head that fits)."""
+    file_classes = head["head.weight"].shape[0] if "head.weight" in head else None
+    data_classes = max(labels) + 1
+    if test_only:
+        if file_classes is None:
+            raise ConfigError(f"finetune.epochs=0 tests a fine-tuned file's classifier, and {checkpoint} has none "
+                              "(no head / classifier weights)")
+        if data_classes > file_classes:
+            raise ConfigError(f"{checkpoint}'s classifier has {file_classes} classes; data.val has labels up to "
+                              f"{data_classes - 1}")
+        return file_classes, True
+    if file_classes is not None and file_classes != data_classes:
+        print(f"  the file's classification head ({file_classes} classes) is not used: the data has "
+              f"{data_classes}; a new head starts", flush=True)
+    return data_classes, file_classes == data_classes
+
+
+def load_head(classifier: Classifier, head: dict[str, torch.Tensor], checkpoint) -> None:
+    """A fine-tuned file's `fc_norm` and `head` into the classifier (the encoder is loaded already)."""
+    own = {k: v for k, v in classifier.state_dict().items() if k.startswith(("fc_norm.", "head."))}
+    if own.keys() != head.keys():
+        raise ConfigError(f"{checkpoint}'s classifier has {sorted(head)}, this one {sorted(own)}: a file with "
+                          "fc_norm pools the mean of the tokens (eval.feature=mean), one without it the class token")
+    classifier.load_state_dict(head, strict=False)
+    print(f"  classification head: {len(head)} tensors from {checkpoint}", flush=True)
+
+
+def test_classifier(build_classifier: Callable[[torch.device], Classifier], test_set: VideoDataset, config: Config,
+                    output: str | Path, summarize: Callable[[dict], dict]) -> dict[str, Any]:
+    """finetune.epochs=0, VideoMAE's --eval: the multi-view test of a fine-tuned classifier, split over
+    torchrun's processes; rank 0 writes config.yaml and summary.json."""
+    device = resolve_device(config.train.device)
+    info = init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    try:
+        summary = summarize(multiview_accuracy(build_classifier(device), test_set, config, device))
+        if info.is_main:
+            output = Path(output)
+            output.mkdir(parents=True, exist_ok=True)
+            save_config(config, output / "config.yaml")
+            (output / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+    finally:
+        cleanup()

@@ -24,6 +24,13 @@ from cmae.methods import build_method
 def load_pretrained(
     checkpoint: str | Path, config_path: str | Path | None = None, overrides: Sequence[str] = ()
 ) -> tuple[Config, torch.nn.Module]:
+    config, method, _ = load_with_head(checkpoint, config_path, overrides)
+    return config, method
+
+
+def load_with_head(
+    checkpoint: str | Path, config_path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> tuple[Config, torch.nn.Module, dict[str, torch.Tensor]]:
     """The pre-trained method (encoder, decoder, heads) of a checkpoint, on the CPU, in eval mode.
 
     `checkpoint="random"` builds a randomly initialised method of the `config_path` preset
@@ -32,15 +39,20 @@ def load_pretrained(
     applied on top, so `data.val=...` or `eval.clips=5` can change while the model stays the
     one that was trained. Any other file (MAE / timm, VideoMAE, Hugging Face; `cmae.interop`)
     has no cmae config: `config_path` and `overrides` give the architecture, the file its
-    weights and its position table, and the loaded and dropped keys are printed.
+    weights and its position table, and the loaded and dropped keys are printed. The third value
+    is a fine-tuned foreign file's classification head (`fc_norm.*`, `head.*`; empty otherwise).
     """
     if str(checkpoint) == "random":
         if config_path is None:
             raise ConfigError("--checkpoint random needs --config (the pre-training preset to initialise)")
         config = load_config(config_path, overrides)
         torch.manual_seed(config.train.seed)
-        return config, build_method(config).eval()
+        return config, build_method(config).eval(), {}
     imported = import_weights(checkpoint)
+    if imported.format == "cmae" and any(key.startswith("classifier.") for key in imported.weights):
+        raise ConfigError(f"{checkpoint} is a cmae fine-tuning checkpoint, not a pre-trained one: to test it again, "
+                          f"run the command that trained it with --resume {checkpoint} (eval.* and data.val may "
+                          "change)")
     if imported.format == "cmae":
         config = config_from_dict(imported.config)
         if config_path is not None:
@@ -50,7 +62,7 @@ def load_pretrained(
         validate(config)
         method = build_method(config)
         method.load_state_dict(imported.weights)
-        return config, method.eval()
+        return config, method.eval(), {}
     if config_path is None:
         raise ConfigError(f"{checkpoint} is a {FORMATS[imported.format]} file without a cmae config: "
                           "give --config (a preset whose model.* matches the file)")
@@ -59,7 +71,7 @@ def load_pretrained(
     torch.manual_seed(config.train.seed)
     method = build_method(config)
     print(load_imported(method, imported), flush=True)
-    return config, method.eval()
+    return config, method.eval(), imported.head
 
 
 def adopt_architecture(config: Config, imported: Imported) -> None:
