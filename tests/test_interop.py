@@ -239,7 +239,7 @@ def test_mean_pooling_classifier_has_videomaes_layout(tmp_path, capsys):
         assert (classifier(clip) - hf(clip.transpose(1, 2)).logits).abs().max() < 1e-5
 
 
-def mae_st_reference(state: dict, clip: torch.Tensor, heads: int) -> torch.Tensor:
+def mae_st_reference(state: dict, clip: torch.Tensor, heads: int, final_norm: bool = True) -> torch.Tensor:
     """MAE-ST's encoder as its code describes it (models_vit / util/video_vit, sep_pos_embed, no class
     token), written out here: Conv3d patches in (t, h*w) order, spatial table repeated over time plus
     the temporal table repeated over space, blocks with separate q / k / v, the final norm."""
@@ -262,7 +262,7 @@ def mae_st_reference(state: dict, clip: torch.Tensor, heads: int) -> torch.Tenso
                          state[f"{p}.attn.proj.bias"])
         h = F.gelu(F.linear(norm(x, f"{p}.norm2"), state[f"{p}.mlp.fc1.weight"], state[f"{p}.mlp.fc1.bias"]))
         x = x + F.linear(h, state[f"{p}.mlp.fc2.weight"], state[f"{p}.mlp.fc2.bias"])
-    return norm(x, "norm")
+    return norm(x, "norm") if final_norm else x
 
 
 def test_mae_st_file_with_separable_learned_tables_matches_its_reference(tmp_path, capsys):
@@ -286,6 +286,22 @@ def test_mae_st_file_with_separable_learned_tables_matches_its_reference(tmp_pat
     clip = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         assert (method.encoder(clip) - mae_st_reference(state, clip, heads=2)).abs().max() < 1e-5
+    # a fine-tuned file: blocks, the mean of the tokens, then `norm` and `head`: cmae's mean-pooling classifier
+    from cmae.engine.finetune import Classifier
+
+    tuned = {k: v for k, v in state.items() if not k.startswith(("mask_token", "decoder_"))}
+    tuned.update({"head.weight": torch.randn(5, d) * 0.1, "head.bias": torch.randn(5) * 0.1})
+    torch.save({"model": tuned, "args": argparse.Namespace(sep_pos_embed=True)}, tmp_path / "mae_st_ft.pth")
+    imported = import_weights(tmp_path / "mae_st_ft.pth")
+    assert sorted(imported.head) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    _, method = load_pretrained(tmp_path / "mae_st_ft.pth", "configs/demo/videomae.yaml",
+                                [*TINY_MODEL, *TINY_INPUT, "data.num_frames=4"])
+    classifier = Classifier(method.encoder, 5, "mean").eval()
+    classifier.load_state_dict(imported.head, strict=False)
+    tokens = mae_st_reference(tuned, clip, heads=2, final_norm=False)
+    pooled = torch.nn.functional.layer_norm(tokens.mean(1), (d,), tuned["norm.weight"], tuned["norm.bias"], eps=1e-6)
+    with torch.no_grad():
+        assert (classifier(clip) - (pooled @ tuned["head.weight"].T + tuned["head.bias"])).abs().max() < 1e-5
 
 
 def test_finetune_epochs_0_tests_an_official_fine_tuned_file_as_it_is(synth_dir, tmp_path):
@@ -321,16 +337,22 @@ def test_finetune_epochs_0_tests_an_official_fine_tuned_file_as_it_is(synth_dir,
     config = load_config("configs/demo/videomae.yaml", data)
     views = VideoDataset(read_samples(config.data.val, config.data), MultiViewClips(config.data, 2, 3))
     hf.fc_norm.eps = 1e-6  # cmae's fc_norm eps, as the official code's
-    hits = 0
+    hits = torch.zeros(2)  # top-1, top-5
     with torch.no_grad():
         for index in range(len(views)):
             item = views[index]
             scores = hf(item["video"].transpose(1, 2)).logits.softmax(-1).mean(0)  # 6 views of one video
-            hits += int(scores.argmax()) == int(item["label"])
-    assert summary["top1"] == pytest.approx(100 * hits / len(views))
+            top5 = scores.topk(5).indices.tolist()
+            hits += torch.tensor([top5[0] == int(item["label"]), int(item["label"]) in top5])
+    assert [summary["top1"], summary["top5"]] == pytest.approx((100 * hits / len(views)).tolist())
+    # the data's 8 classes: training starts from the file's head (an lr of 0 leaves it as it was)
     tuned = finetune(tmp_path / "finetuned.pth", tmp_path / "tuned", "configs/demo/videomae.yaml",
-                     [*data, f"data.train={synth_dir / 'train.txt'}", "finetune.epochs=1", "finetune.batch_size=8"])
-    assert tuned["head_from_file"] and tuned["steps"] == 3  # the data's 8 classes: training starts from the file's head
+                     [*data, f"data.train={synth_dir / 'train.txt'}", "finetune.epochs=1", "finetune.batch_size=8",
+                      "finetune.base_lr=0"])
+    assert tuned["head_from_file"] and tuned["steps"] == 3
+    model = torch.load(tmp_path / "tuned" / "checkpoint-last.pt", weights_only=True)["model"]
+    assert torch.equal(model["classifier.head.weight"], hf.classifier.weight.detach())
+    assert torch.equal(model["classifier.fc_norm.bias"], hf.fc_norm.bias.detach())
     with pytest.raises(ConfigError, match="tests a fine-tuned file's classifier, and .* has none"):
         torch.save({"model": official_videomae_layout(transformers.VideoMAEModel(
             transformers.VideoMAEConfig(**TINY_HF)).state_dict())}, tmp_path / "pretrained.pth")

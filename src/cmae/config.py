@@ -218,7 +218,7 @@ class FinetuneConfig(ScheduleConfig):
     randaug_n: int = 2  # RandAugment ops per sample (0 disables)
     # magnitude on timm's 0-10 scale; ViC-MAE's (9, 0.5) = m9 (its 0.5 std jitter is not modelled)
     randaug_m: int = 9
-    # random erasing (VideoMAE's --reprob 0.25): each frame, independently, loses a random box to noise
+    # random erasing (VideoMAE's --reprob 0.25): a clip loses one random box, the same in every frame, to noise
     reprob: float = 0.0
     # mean pooling: false skips the encoder's final norm before fc_norm (MAE's, VideoMAE's, timm's layout);
     # true keeps it (cmae's layout until then)

@@ -239,7 +239,7 @@ def _timm(m: _Mapper, path: Path) -> tuple[str, bool, int | None]:
 def _mae_st(m: _Mapper, path: Path) -> tuple[str, bool, int, int]:
     """mae_st (`sep_pos_embed`): Conv3d patches, q / k / v fused, learned spatial + temporal tables and
     the class token's. Its pixel decoder has learned tables cmae's lacks: dropped, and counted. A
-    fine-tuned file normalises after pooling (`norm` then `head`): that norm is its classifier's."""
+    fine-tuned file normalises after pooling (`norm` then `head`): that norm is its classifier's fc_norm."""
     if "pos_embed" in m.source:
         raise WeightsError(f"{path}: mae_st's joint learned table (sep_pos_embed=False) has no cmae counterpart; "
                            "cmae reads mae_st files trained with sep_pos_embed")
@@ -250,13 +250,14 @@ def _mae_st(m: _Mapper, path: Path) -> tuple[str, bool, int, int]:
     m.move("pos_embed_spatial", "encoder.learned_pos_embed")
     m.move("pos_embed_temporal", "encoder.learned_time_pos_embed")
     m.move("pos_embed_class", "encoder.cls_pos_embed")
-    for rule, keys in (("mae_st's pixel decoder", [k for k in m.source if k.startswith(("decoder_", "mask_token"))]),
-                       ("classification head (mae_st normalises after pooling)",
-                        [k for k in m.source if fine_tuned and k.startswith(("norm.", "head."))])):
-        for key in keys:
-            m.source.pop(key)
-        if keys:
-            m.ignored[rule] = len(keys)
+    if fine_tuned:  # mean of the patch tokens, then `norm`: cmae's mean-pooling classifier's fc_norm
+        for part in ("weight", "bias"):
+            m.head[f"fc_norm.{part}"] = m.source.pop(f"norm.{part}")
+    decoder = [k for k in m.source if k.startswith(("decoder_", "mask_token"))]
+    for key in decoder:
+        m.source.pop(key)
+    if decoder:
+        m.ignored["mae_st's pixel decoder"] = len(decoder)
     side = round(m.out["encoder.learned_pos_embed"].shape[1] ** 0.5)
     return "learned", cls_token, side, m.out["encoder.learned_time_pos_embed"].shape[1]
 

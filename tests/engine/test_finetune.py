@@ -95,3 +95,23 @@ def test_finetune_repeats_samples_and_resumes_mid_run_exactly(synth_dir, tmp_pat
         finetune("random", tmp_path / "other", config_path="configs/demo/videomae.yaml",
                  overrides=[*TINY, *overrides, "finetune.batch_size=4"],
                  resume=tmp_path / "full" / "checkpoint-step0000005.pt")
+
+
+def test_a_file_head_is_used_only_where_it_fits(capsys):
+    """A class-token file (timm, MAE: `head` without `fc_norm`) fits eval.feature=cls, not mean pooling;
+    a head of other classes starts anew in training and is refused in a test."""
+    from cmae.engine.finetune import classes_and_head
+
+    cls_head = {"head.weight": torch.zeros(8, 48), "head.bias": torch.zeros(8)}
+    mean_head = {**cls_head, "fc_norm.weight": torch.ones(48), "fc_norm.bias": torch.zeros(48)}
+    labels = list(range(8))
+    assert classes_and_head("f.pth", cls_head, labels, "cls", test_only=False) == (8, True)
+    assert classes_and_head("f.pth", mean_head, labels, "mean", test_only=True) == (8, True)
+    assert classes_and_head("f.pth", cls_head, labels, "mean", test_only=False) == (8, False)
+    assert "does not fit this classifier (8 classes, eval.feature=mean): a new head starts" in capsys.readouterr().out
+    assert classes_and_head("f.pth", mean_head, labels[:5], "mean", test_only=False) == (5, False)
+    assert classes_and_head("f.pth", {}, labels, "mean", test_only=False) == (8, False)
+    with pytest.raises(ConfigError, match="eval.feature=mean needs"):
+        classes_and_head("f.pth", cls_head, labels, "mean", test_only=True)
+    with pytest.raises(ConfigError, match="has 8 classes; data.val has labels up to 9"):
+        classes_and_head("f.pth", mean_head, list(range(10)), "mean", test_only=True)

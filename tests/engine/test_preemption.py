@@ -147,13 +147,21 @@ def test_resuming_from_an_older_copy_sets_the_later_copies_aside(synth_dir, tmp_
     overrides = tiny_overrides(synth_dir, **{"train.epochs": 3, "train.keep_every": 1, "train.save_every_steps": 1,
                                              "train.keep_checkpoints": 2})
     pretrain(load_config(PRESET, overrides), tmp_path)
+    (tmp_path / "checkpoint-0009-good.pt").write_bytes(b"a user's own file")  # not a kept copy: left alone
     older = tmp_path / "checkpoint-0001.pt"
-    with pytest.warns(UserWarning, match="moved the 4 later kept checkpoint"):
+    with pytest.warns(UserWarning, match=r"later checkpoints \(4 kept copies, and checkpoint-last.pt\) are now in"):
         pretrain(load_config(PRESET, [*overrides, "train.epochs=2"]), tmp_path, resume=older)
     names = sorted(p.name for p in tmp_path.glob("checkpoint-*.pt"))
     # the resumed run's own copies survive its rotation (stale steps 8 and 9 would have deleted each at once)
-    assert names == ["checkpoint-0001.pt", "checkpoint-0002.pt", "checkpoint-last.pt",
+    assert names == ["checkpoint-0001.pt", "checkpoint-0002.pt", "checkpoint-0009-good.pt", "checkpoint-last.pt",
                      "checkpoint-step0000005.pt", "checkpoint-step0000006.pt"]
-    assert sorted(p.name for p in (tmp_path / "superseded").iterdir()) == [
-        "checkpoint-0002.pt", "checkpoint-0003.pt", "checkpoint-step0000008.pt", "checkpoint-step0000009.pt"]
-    assert torch.load(tmp_path / "superseded" / "checkpoint-step0000009.pt", weights_only=True)["step"] == 9
+    aside = tmp_path / "superseded" / "step0000003"
+    assert sorted(p.name for p in aside.iterdir()) == [
+        "checkpoint-0002.pt", "checkpoint-0003.pt", "checkpoint-last.pt", "checkpoint-step0000008.pt",
+        "checkpoint-step0000009.pt"]
+    assert torch.load(aside / "checkpoint-last.pt", weights_only=True)["step"] == 9  # the abandoned branch's end
+    with pytest.warns(UserWarning, match="step0000003-2"):  # a second resume from there: a folder of its own
+        pretrain(load_config(PRESET, [*overrides, "train.epochs=2"]), tmp_path, resume=older)
+    assert (aside / "checkpoint-step0000009.pt").is_file()  # the first branch's copies stay where they were put
+    second = sorted(p.name for p in aside.with_name("step0000003-2").iterdir())
+    assert second == ["checkpoint-0002.pt", "checkpoint-last.pt", "checkpoint-step0000005.pt", "checkpoint-step0000006.pt"]

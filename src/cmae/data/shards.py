@@ -287,6 +287,10 @@ class ShardStream(IterableDataset):
 
     def mark_failed(self, indices: list[int]) -> None:
         """Restore a checkpoint's failed members, so a mid-epoch resume passes over them uncounted."""
+        if indices and max(indices) >= len(self.failed_marks):
+            raise ConfigError(f"the checkpoint names failed shard member {max(indices)}, but the shards hold "
+                              f"{len(self.failed_marks)} samples: they changed since it was saved; resume from a "
+                              "checkpoint saved at an epoch's end")
         self.failed_marks[torch.as_tensor(indices, dtype=torch.long)] = True
 
     def _resumed_position(self, worker: int) -> tuple[int, int]:

@@ -12,6 +12,7 @@ tensors; `render_views` decodes the union of the plans' frames once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -118,17 +119,29 @@ def normalization(config: DataConfig) -> v2.Compose:
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)])
 
 
-class EraseEachFrame:
-    """VideoMAE's fine-tuning random erasing (timm's RandomErasing given the frames as a batch, mode
-    'pixel', one box): each frame of a normalised `Video` `[T, C, H, W]`, independently with
-    probability p, gets a box of 2-33 % of its area (aspect 0.3-3.3) filled with N(0, 1) noise."""
+class EraseClip:
+    """VideoMAE's fine-tuning random erasing (its random_erasing.py as its data sets call it: 'cube'
+    mode, 'pixel' fill, one box): with probability p a normalised `Video` `[T, C, H, W]` loses one
+    box of 2-33 % of the frame area (aspect 0.3-3.3), at the same place in every frame, filled with
+    fresh N(0, 1) noise per frame and pixel; up to 100 draws for a box that fits."""
 
     def __init__(self, p: float):
-        self.erase = v2.RandomErasing(p, scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), value="random")
+        self.p = p
 
     def __call__(self, video: torch.Tensor) -> torch.Tensor:
-        frames = video.as_subclass(torch.Tensor)
-        return tv_tensors.wrap(torch.stack([self.erase(frame) for frame in frames]), like=video)
+        if float(torch.rand(())) >= self.p:
+            return video
+        frames = video.as_subclass(torch.Tensor).clone()
+        height, width = frames.shape[-2:]
+        for _ in range(100):
+            area = height * width * float(torch.empty(()).uniform_(0.02, 1 / 3))
+            aspect = math.exp(float(torch.empty(()).uniform_(math.log(0.3), math.log(1 / 0.3))))
+            h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if h < height and w < width:
+                top, left = randint(0, height - h), randint(0, width - w)
+                frames[..., top:top + h, left:left + w] = torch.randn(*frames.shape[:2], h, w)
+                return tv_tensors.wrap(frames, like=video)
+        return video
 
 
 def spatial_transform(config: DataConfig, train: bool, randaug: tuple[int, int] | None = None,
@@ -137,7 +150,7 @@ def spatial_transform(config: DataConfig, train: bool, randaug: tuple[int, int] 
 
     Train: random resized crop (scale `data.crop_scale`), horizontal flip and, for
     fine-tuning, RandAugment (num_ops, magnitude), one draw per clip, and after normalising,
-    random erasing of each frame with probability `erase`. Eval: resize the short side (to
+    random erasing of the clip with probability `erase`. Eval: resize the short side (to
     `eval_short_side`) and centre-crop.
     """
     size = config.image_size
@@ -151,7 +164,7 @@ def spatial_transform(config: DataConfig, train: bool, randaug: tuple[int, int] 
             geometric.append(v2.RandAugment(num_ops=randaug[0], magnitude=randaug[1], num_magnitude_bins=11))
     else:
         geometric = [v2.Resize(eval_short_side(config)), v2.CenterCrop(size)]
-    erasing = [EraseEachFrame(erase)] if train and erase > 0 else []
+    erasing = [EraseClip(erase)] if train and erase > 0 else []
     return v2.Compose([*geometric, normalization(config), *erasing])
 
 

@@ -154,6 +154,9 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
     test_only = ft.epochs == 0
     if test_only and not config.data.val:
         raise ConfigError("finetune.epochs=0 (the test of a fine-tuned file) needs data.val")
+    if test_only and resume is not None:
+        raise ConfigError("finetune.epochs=0 tests the --init file; to test a cmae fine-tuning run again, resume it "
+                          "with its own finetune.epochs")
     if not test_only:
         check_evaluation_data(config, "fine-tuning")
     if config.eval.feature not in ("mean", "cls"):
@@ -165,7 +168,8 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
         samples = read_samples(config.data.train, config.data, labelled=True)
         keep = balanced_fraction([s.label for s in samples], config.eval.label_fraction, config.eval.fraction_seed)
         samples = [samples[i] for i in keep]
-    num_classes, use_head = classes_and_head(checkpoint, head, [s.label for s in samples + val_samples], test_only)
+    num_classes, use_head = classes_and_head(checkpoint, head, [s.label for s in samples + val_samples],
+                                             config.eval.feature, test_only)
     # Rebuild the encoder with fine-tuning's drop path, then take the pre-trained weights.
     encoder = build_encoder(dataclasses.replace(config.model, drop_path=ft.drop_path))
     encoder.load_state_dict(method.encoder.state_dict())
@@ -202,11 +206,14 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
     return train_loop(config, output, make_job, resume)
 
 
-def classes_and_head(checkpoint, head: dict[str, torch.Tensor], labels: list[int], test_only: bool) -> tuple[int, bool]:
+def classes_and_head(checkpoint, head: dict[str, torch.Tensor], labels: list[int], feature: str,
+                     test_only: bool) -> tuple[int, bool]:
     """The classifier's class count, and whether it starts from the file's fine-tuned head: always
-    in a test, else when the data has as many classes (as VideoMAE's code keeps a head that fits)."""
+    in a test, else when the head fits (as VideoMAE's code keeps one): as many classes as the data,
+    and the layout of `feature` (mean pooling has `fc_norm`, the class token not)."""
     file_classes = head["head.weight"].shape[0] if "head.weight" in head else None
     data_classes = max(labels) + 1
+    layout = {"head.weight", "head.bias"} | ({"fc_norm.weight", "fc_norm.bias"} if feature == "mean" else set())
     if test_only:
         if file_classes is None:
             raise ConfigError(f"finetune.epochs=0 tests a fine-tuned file's classifier, and {checkpoint} has none "
@@ -214,19 +221,22 @@ def classes_and_head(checkpoint, head: dict[str, torch.Tensor], labels: list[int
         if data_classes > file_classes:
             raise ConfigError(f"{checkpoint}'s classifier has {file_classes} classes; data.val has labels up to "
                               f"{data_classes - 1}")
+        if head.keys() != layout:
+            raise ConfigError(f"{checkpoint}'s classifier has {sorted(head)}; eval.feature={feature} needs "
+                              f"{sorted(layout)}: a file with fc_norm pools the mean of the tokens (eval.feature=mean), "
+                              "one without it the class token (eval.feature=cls)")
         return file_classes, True
-    if file_classes is not None and file_classes != data_classes:
-        print(f"  the file's classification head ({file_classes} classes) is not used: the data has "
-              f"{data_classes}; a new head starts", flush=True)
-    return data_classes, file_classes == data_classes
+    if file_classes is None:
+        return data_classes, False
+    if file_classes != data_classes or head.keys() != layout:
+        print(f"  the file's classification head ({file_classes} classes, {sorted(head)}) does not fit this "
+              f"classifier ({data_classes} classes, eval.feature={feature}): a new head starts", flush=True)
+        return data_classes, False
+    return data_classes, True
 
 
 def load_head(classifier: Classifier, head: dict[str, torch.Tensor], checkpoint) -> None:
     """A fine-tuned file's `fc_norm` and `head` into the classifier (the encoder is loaded already)."""
-    own = {k: v for k, v in classifier.state_dict().items() if k.startswith(("fc_norm.", "head."))}
-    if own.keys() != head.keys():
-        raise ConfigError(f"{checkpoint}'s classifier has {sorted(head)}, this one {sorted(own)}: a file with "
-                          "fc_norm pools the mean of the tokens (eval.feature=mean), one without it the class token")
     classifier.load_state_dict(head, strict=False)
     print(f"  classification head: {len(head)} tensors from {checkpoint}", flush=True)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -63,6 +64,7 @@ from cmae.engine.schedule import cosine_with_warmup
 from cmae.methods.base import Method
 
 CHECKPOINT_NAME = "checkpoint-last.pt"
+KEPT_COPY = re.compile(r"checkpoint-(step)?(\d+)\.pt")  # checkpoint-NNNN.pt (epochs), checkpoint-stepNNNNNNN.pt
 # sysexits.h's EX_TEMPFAIL ("try again later"): the run stopped on SIGTERM / SIGUSR1 after saving
 # its checkpoint, and a requeued job continues it with --resume auto.
 EXIT_PREEMPTED = 75
@@ -317,20 +319,23 @@ def restore_state(run: Run, resume: str | Path, override: bool = False) -> None:
     run.start_epoch_step = state.get("epoch_step", 0)  # checkpoints before mid-epoch saves: 0
     if run.start_epoch_step:  # the samples to skip are counted in this run's batches: they must be the saved ones
         saved = config_from_dict(state["config"])
-        batch_key = "finetune.batch_size" if run.job.method.name == "finetune" else "train.batch_size"
-        for key, now, before in ((batch_key, run.train.batch_size, state.get("batch_size", saved.train.batch_size)),
-                                 ("data.repeat", run.config.data.repeat, saved.data.repeat)):
+        fine_tuning = run.job.method.name == "finetune"
+        batch_key, saved_batch = (("finetune.batch_size", saved.finetune.batch_size) if fine_tuning
+                                  else ("train.batch_size", saved.train.batch_size))
+        for key, now, before in ((batch_key, run.train.batch_size, state.get("batch_size", saved_batch)),
+                                 ("data.repeat", run.config.data.repeat, saved.data.repeat),
+                                 ("data.train", run.config.data.train, saved.data.train)):
             if now != before:
                 raise ConfigError(f"{resume} was saved mid-epoch with {key}={before}; this run has {now}, so it "
                                   "cannot tell which samples of the epoch were used: keep the value, or resume "
-                                  "from an epoch's end (train.keep_every)")
+                                  "from a checkpoint saved at an epoch's end")
+        if state.get("failed_samples") and hasattr(run.job.dataset, "mark_failed"):  # tar shards: passed over
+            run.job.dataset.mark_failed(state["failed_samples"])
     run.failures.failed, run.failures.attempted = state.get("decode_failures", (0, 0))  # older checkpoints: none
-    if state.get("failed_samples") and hasattr(run.job.dataset, "mark_failed"):
-        run.job.dataset.mark_failed(state["failed_samples"])
     restore_rng(state["rng"], run.dist_info, run.config.train.seed + 1_000_003 * run.start_epoch)
     if run.dist_info.is_main:
         truncate_metrics(run.metrics.path, run.step)
-        set_aside_later_copies(run.output, run.step, run.start_epoch)
+        set_aside_later_copies(run.output, Path(resume), run.step, run.start_epoch)
 
 
 def train_one_epoch(run: Run, epoch: int) -> None:
@@ -557,20 +562,42 @@ def restore_rng(saved: list[dict] | dict, dist_info: DistInfo, reseed: int) -> N
     seed_everything(reseed + dist_info.rank)
 
 
-def set_aside_later_copies(output: Path, step: int, epoch: int) -> None:
-    """Move kept checkpoints newer than the one resumed from (a run restarted from an older copy)
-    into output/superseded/: the new run overwrites their names, and a stale newer step copy would
-    make `keep_checkpoints` delete the run's own saves. Nothing is deleted."""
-    later = [path for path in output.glob("checkpoint-step*.pt") if int(path.stem[len("checkpoint-step"):]) > step]
-    later += [path for path in output.glob("checkpoint-[0-9]*.pt") if int(path.stem[len("checkpoint-"):]) > epoch]
-    if not later:
+def set_aside_later_copies(output: Path, resumed: Path, step: int, epoch: int) -> None:
+    """A run restarted from an older kept checkpoint: move the folder's newer kept copies into
+    output/superseded/stepNNNNNNN (the step resumed at; a new folder each time), since the new run
+    reuses their names and a stale newer step copy would make `keep_checkpoints` delete the run's own
+    saves. checkpoint-last.pt, when it is not the file resumed from, is hard-linked there too: it
+    stays in place for `--resume auto` until the new run's first save. Nothing is deleted; a file
+    that cannot be moved is named in a warning (this runs on rank 0 only: it must not raise)."""
+    later = []
+    for path in output.glob("checkpoint-*.pt"):
+        match = KEPT_COPY.fullmatch(path.name)
+        if match and int(match[2]) > (step if match[1] else epoch):
+            later.append(path)
+    last = output / CHECKPOINT_NAME
+    keep_last = last.is_file() and last.resolve() != resumed.resolve()
+    if not later and not keep_last:
         return
-    aside = output / "superseded"
-    aside.mkdir(exist_ok=True)
-    for path in later:
-        os.replace(path, aside / path.name)
-    warnings.warn(f"resuming at step {step}: moved the {len(later)} later kept checkpoint(s) of {output} into "
-                  f"{aside}", stacklevel=3)
+    aside = output / "superseded" / f"step{step:07d}"
+    for number in range(2, 1000):
+        if not aside.exists():
+            break
+        aside = aside.with_name(f"step{step:07d}-{number}")
+    try:
+        aside.mkdir(parents=True)
+        for path in later:
+            os.replace(path, aside / path.name)
+        if keep_last:
+            try:
+                os.link(last, aside / last.name)
+            except OSError:  # a file system without hard links
+                shutil.copy2(last, aside / last.name)
+    except OSError as error:
+        warnings.warn(f"could not set aside the kept checkpoints of {output} ({error})", stacklevel=3)
+        return
+    warnings.warn(f"resuming at step {step} from {resumed}: the folder's later checkpoints ({len(later)} kept "
+                  f"cop{'y' if len(later) == 1 else 'ies'}{', and checkpoint-last.pt' if keep_last else ''}) are "
+                  f"now in {aside}", stacklevel=3)
 
 
 def truncate_metrics(path: Path, step: int) -> None:
