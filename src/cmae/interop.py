@@ -37,7 +37,7 @@ FORMATS = {
 IGNORED = {
     "decoder position table": re.compile(r"^decoder_pos_embed$"),
 }
-# A fine-tuned file's classifier after mean pooling -> cmae's `Classifier` names (Hugging Face calls the head `classifier`)
+# A fine-tuned file's classifier -> cmae's `Classifier` names (Hugging Face calls the head `classifier`)
 HEAD_PREFIXES = {"fc_norm.": "fc_norm.", "head.": "head.", "classifier.": "head."}
 
 # Per-block names: Hugging Face's -> cmae's (timm's). query/key/value are fused into qkv below.

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cmae.config import Config, ConfigError, EvalConfig, reject_choice
+from cmae.config import Config, ConfigError, EvalConfig, reject_choice, save_config
 from cmae.data.dataset import VideoDataset, decoded_items
 from cmae.data.decoding import resolve_backend
 from cmae.data.lists import Sample, check_same_classes, read_samples
@@ -220,7 +220,6 @@ def knn_classify(
 def frozen_evaluation(protocol: str, checkpoint: str | Path, output: str | Path,
                       config_path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """`cmae linprobe` / `cmae knn`: features of data.train and data.val -> summary.json (top1, top5)."""
-    from cmae.config import save_config
     from cmae.engine.loading import load_pretrained
 
     if protocol not in ("linprobe", "knn"):
@@ -244,8 +243,13 @@ def frozen_evaluation(protocol: str, checkpoint: str | Path, output: str | Path,
                "skipped_train": train_skipped, "skipped_val": val_skipped,
                "num_classes": num_classes, "feature_dim": train_x.shape[1],
                "label_fraction": config.eval.label_fraction, "views": config.eval.clips * config.eval.crops}
+    write_summary(output, config, summary)
+    return summary
+
+
+def write_summary(output: str | Path, config: Config, summary: dict[str, Any]) -> None:
+    """An evaluation's folder: the config it ran with and its results."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     save_config(config, output / "config.yaml")
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary

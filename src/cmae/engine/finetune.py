@@ -11,7 +11,6 @@ foreign file's classifier (official VideoMAE, Hugging Face, timm) is kept when t
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,12 @@ from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from cmae.config import Config, ConfigError, ScheduleConfig, TrainConfig, save_config
+from cmae.config import Config, ConfigError, ScheduleConfig, TrainConfig
 from cmae.data.dataset import VideoDataset, decoded_items
 from cmae.data.lists import read_samples
 from cmae.data.views import ClipView, MultiViewClips
 from cmae.distributed import all_reduce_sum, cleanup, init_distributed, rank_and_world
-from cmae.engine.evaluate import balanced_fraction, check_evaluation_data, topk_accuracy
+from cmae.engine.evaluate import balanced_fraction, check_evaluation_data, topk_accuracy, write_summary
 from cmae.engine.loading import load_with_head
 from cmae.engine.loop import Job, train_loop
 from cmae.engine.runtime import resolve_device
@@ -179,8 +178,9 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
 
     def build_classifier(device: torch.device) -> Classifier:
         classifier = Classifier(encoder, num_classes, config.eval.feature, ft.encoder_norm, ft.head_dropout)
-        if use_head:
-            load_head(classifier, head, checkpoint)
+        if use_head:  # the file's fc_norm and head (the encoder is in place already)
+            classifier.load_state_dict(head, strict=False)
+            print(f"  classification head: {len(head)} tensors from {checkpoint}", flush=True)
         return classifier.to(device)
 
     def summarize(result: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +189,7 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
                 "label_fraction": config.eval.label_fraction, "head_from_file": use_head}
 
     if test_only:
-        return test_classifier(build_classifier, test_set, config, output, summarize)
+        return evaluate_classifier(build_classifier, test_set, config, output, summarize)
 
     def make_job(device: torch.device) -> Job:
         classifier = build_classifier(device)
@@ -235,13 +235,7 @@ def classes_and_head(checkpoint, head: dict[str, torch.Tensor], labels: list[int
     return data_classes, True
 
 
-def load_head(classifier: Classifier, head: dict[str, torch.Tensor], checkpoint) -> None:
-    """A fine-tuned file's `fc_norm` and `head` into the classifier (the encoder is loaded already)."""
-    classifier.load_state_dict(head, strict=False)
-    print(f"  classification head: {len(head)} tensors from {checkpoint}", flush=True)
-
-
-def test_classifier(build_classifier: Callable[[torch.device], Classifier], test_set: VideoDataset, config: Config,
+def evaluate_classifier(build_classifier: Callable[[torch.device], Classifier], test_set: VideoDataset, config: Config,
                     output: str | Path, summarize: Callable[[dict], dict]) -> dict[str, Any]:
     """finetune.epochs=0, VideoMAE's --eval: the multi-view test of a fine-tuned classifier, split over
     torchrun's processes; rank 0 writes config.yaml and summary.json."""
@@ -252,10 +246,7 @@ def test_classifier(build_classifier: Callable[[torch.device], Classifier], test
     try:
         summary = summarize(multiview_accuracy(build_classifier(device), test_set, config, device))
         if info.is_main:
-            output = Path(output)
-            output.mkdir(parents=True, exist_ok=True)
-            save_config(config, output / "config.yaml")
-            (output / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_summary(output, config, summary)
         return summary
     finally:
         cleanup()

@@ -506,12 +506,17 @@ def keep_copies(run: Run, path: Path, epochs_done: int, epoch_step: int) -> None
     if train.keep_checkpoints > 0:
         kept = run.output / f"checkpoint-step{run.step:07d}.pt"
         kept.unlink(missing_ok=True)
-        try:
-            os.link(path, kept)
-        except OSError:  # a file system without hard links
-            shutil.copy2(path, kept)
+        link_or_copy(path, kept)
         for old in sorted(run.output.glob("checkpoint-step*.pt"))[: -train.keep_checkpoints]:
             old.unlink()
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A second name for a checkpoint: a hard link (no second copy on disk), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
 
 
 def summarize(run: Run) -> dict[str, Any]:
@@ -588,10 +593,7 @@ def set_aside_later_copies(output: Path, resumed: Path, step: int, epoch: int) -
         for path in later:
             os.replace(path, aside / path.name)
         if keep_last:
-            try:
-                os.link(last, aside / last.name)
-            except OSError:  # a file system without hard links
-                shutil.copy2(last, aside / last.name)
+            link_or_copy(last, aside / last.name)
     except OSError as error:
         warnings.warn(f"could not set aside the kept checkpoints of {output} ({error})", stacklevel=3)
         return
