@@ -118,14 +118,22 @@ class MethodConfig:
     decoder_mask_ratio: float = 0.0
     norm_pix: Literal["channel", "patch", "none"] = "channel"  # channel (VideoMAE) | patch (MAE)
     # contrastive branch (cmae_v)
-    # online feature: decoder (mean of all pixel-decoder states) | encoder (visible tokens)
-    feature: Literal["decoder", "encoder"] = "decoder"
+    # online feature: decoder (mean of all pixel-decoder states) | encoder (visible tokens) |
+    # feature_decoder (CMAE's code: a separate small decoder, own mask token and positions, mean of all its states)
+    feature: Literal["decoder", "encoder", "feature_decoder"] = "decoder"
+    feature_decoder_depth: int = 2  # feature=feature_decoder: its blocks (CMAE's code: 2)
+    feature_decoder_dim: int = 0  # feature=feature_decoder: its width; 0 = the encoder's
+    target_norm: bool = True  # cmae_v: false skips the target encoder's final norm (CMAE's code: final_norm=False)
     proj_hidden: int = 1536
     proj_dim: int = 256
     pred_hidden: int = 1536
     predictor: bool = True  # cmae_v: false drops the online predictor (query = projector output), an ablation
     temperature: float = 0.07
-    con_weight: float = 1.0  # lambda_c in L = L_rec + lambda_c * L_con
+    # lambda_c in L = L_rec + lambda_c * L_con: a number, or grad_ratio: lambda_c is re-measured on logging steps
+    # so that |lambda_c * grad L_con| = con_grad_ratio * |grad L_rec| on the shared encoder (docs: methods)
+    con_weight: float | Literal["grad_ratio"] = 1.0
+    con_grad_ratio: float = 0.5  # con_weight=grad_ratio: the target ratio of the two gradient norms
+    con_balance_smoothing: float = 0.9  # con_weight=grad_ratio: EMA of lambda_c over measurements (0: the last)
     con_scale_2tau: bool = False  # multiply InfoNCE by 2*tau, as CMAE's code does
     momentum: float = 0.996  # EMA rate of the target encoder and projector
     momentum_schedule: Literal["constant", "cosine"] = "constant"  # (from `momentum` to 1.0 over the run)
@@ -134,7 +142,7 @@ class MethodConfig:
     global_bn: bool = True
     # two-view methods (vic_mae, mae_simsiam, mae_vicreg)
     pooling: Literal["mean", "max", "gem"] = "mean"  # vic_mae's token pooling (gem: learnable p)
-    # vic_mae: paper (D -> 2D, 2D, 2D; appendix A) | released (D -> 4096 -> 128)
+    # vic_mae: paper (D -> 2D, 2D, 2D; appendix A) | released (the authors' code: D -> 4096 -> 4096 -> 128)
     projector: Literal["paper", "released"] = "paper"
     # vic_mae: eq3 (NT-Xent over 2N, mean) | algorithm1 (two cross-view directions, summed)
     contrast: Literal["eq3", "algorithm1"] = "eq3"
@@ -166,6 +174,9 @@ class TrainConfig(ScheduleConfig):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     log_every: int = 10  # steps between metrics.jsonl lines
+    # on logging steps, also each loss term's gradient norm on the shared encoder (grad_norm_<term>): one more
+    # backward per term on those steps
+    log_term_grads: bool = False
     save_every: int = 1  # epochs between checkpoint-last.pt writes (the last epoch is always saved)
     keep_every: int = 0  # also keep checkpoint-NNNN.pt every this many epochs; 0: only the last
     save_every_steps: int = 0  # also write checkpoint-last.pt every this many steps, mid-epoch (0: epoch ends only)
@@ -266,22 +277,23 @@ _RULES: dict[str, tuple[Any, str]] = {
     **{key: (_positive, "> 0") for key in (
         "data.num_frames", "data.sampling_rate", "data.image_size", "model.tubelet_size", "model.decoder_dim",
         "model.pos_size", "model.decoder_heads", "method.proj_hidden", "method.proj_dim", "method.pred_hidden",
-        "method.temperature",
+        "method.temperature", "method.feature_decoder_depth", "method.con_grad_ratio",
         "train.epochs", "train.batch_size", "train.accum_steps", "train.log_every", "train.save_every",
         "data.repeat", "data.prefetch_factor",
         "eval.clips", "eval.crops", "eval.batch_size", "eval.probe_epochs", "eval.probe_batch_size",
         "eval.knn_k", "eval.knn_temperature", "finetune.batch_size", "finetune.accum_steps")},
     **{key: (_non_negative, ">= 0") for key in (
         "data.num_workers", "data.max_shift", "data.pixel_shift", "data.frame_gap", "model.patch_size",
-        "model.decoder_depth", "method.con_weight", "method.con_start_epoch", "train.base_lr", "train.lr",
+        "model.decoder_depth", "method.feature_decoder_dim", "method.con_start_epoch", "train.base_lr", "train.lr",
         "train.min_lr", "train.warmup_epochs", "train.weight_decay", "train.clip_grad", "train.keep_every",
         "train.max_steps_per_epoch", "model.pos_frames", "train.save_every_steps", "train.keep_checkpoints",
         "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay",
         "finetune.base_lr", "finetune.min_lr", "finetune.warmup_epochs", "finetune.weight_decay",
         "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad",
         "finetune.epochs")},  # 0: test a fine-tuned file as it is
+    "method.con_weight": (lambda v: v == "grad_ratio" or v >= 0, ">= 0 or grad_ratio"),
     **{key: (_fraction, "in [0, 1)") for key in (
-        "data.image_ratio", "model.drop_path", "method.mask_ratio", "method.decoder_mask_ratio", "finetune.drop_path",
+        "method.con_balance_smoothing", "data.image_ratio", "model.drop_path", "method.mask_ratio", "method.decoder_mask_ratio", "finetune.drop_path",
         "finetune.label_smoothing", "finetune.reprob", "finetune.head_dropout")},
     **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
     "data.test_crop_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -308,6 +320,9 @@ def validate(config: Config) -> Config:
         value = getattr(getattr(config, section), name)
         if not check(value):
             raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+    if config.train.strategy == "fsdp" and (config.train.log_term_grads or config.method.con_weight == "grad_ratio"):
+        raise ConfigError("train.log_term_grads and method.con_weight=grad_ratio measure gradients on the whole "
+                          "encoder, which train.strategy=fsdp shards: use ddp")
     from cmae.methods import METHODS  # here: the methods import this module
 
     method = METHODS.get(config.method.name)

@@ -52,7 +52,7 @@ def test_online_sees_visible_tokens_and_target_all():
 
 
 def test_feature_options():
-    for feature in ("decoder", "encoder"):
+    for feature in ("decoder", "encoder", "feature_decoder"):
         out = make(f"method.feature={feature}")(batch())
         assert torch.isfinite(out.loss)
     with pytest.raises(ConfigError, match="method.feature"):
@@ -102,3 +102,85 @@ def test_pretrain_logs_both_losses_and_resume_restores_target(synth_dir, tmp_pat
     b = torch.load(tmp_path / "resumed" / "checkpoint-last.pt", weights_only=True)["model"]
     for name in a:
         assert torch.allclose(a[name].float(), b[name].float(), atol=1e-6), name
+
+
+def part_grads(method, part: str) -> dict[str, torch.Tensor | None]:
+    """Gradient of one loss part on each trainable parameter (None where it does not reach)."""
+    out = method(batch())
+    named = [(n, p) for n, p in method.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(out.parts[part], [p for _, p in named], allow_unused=True)
+    return {n: g for (n, _), g in zip(named, grads, strict=True)}
+
+
+def reaches(grads: dict[str, torch.Tensor | None], prefix: str) -> bool:
+    return any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith(prefix))
+
+
+def test_the_feature_decoder_keeps_infonce_off_the_pixel_decoder():
+    method = make("method.feature=feature_decoder", "method.feature_decoder_depth=2")
+    assert len(method.feature_decoder.decoder_blocks) == 2 and isinstance(method.feature_decoder.decoder_pred,
+                                                                          torch.nn.Identity)
+    con = part_grads(method, "loss_con")
+    assert reaches(con, "feature_decoder.") and reaches(con, "encoder.")
+    assert not reaches(con, "decoder.")  # the pixel decoder learns from reconstruction alone
+    rec = part_grads(method, "loss_rec")
+    assert reaches(rec, "decoder.") and not reaches(rec, "feature_decoder.")
+    # the default pools the pixel decoder: there InfoNCE trains it too
+    assert reaches(part_grads(make(), "loss_con"), "decoder.")
+    wide = make("method.feature=feature_decoder", "method.feature_decoder_dim=64")
+    assert wide.feature_decoder.embed_dim == 64 and wide.feature_proj.in_features == 64
+
+
+def test_target_without_final_norm_pools_the_last_block():
+    method = make("method.target_norm=false").eval()
+    clip = batch()["target"]
+    normed = method.target_encoder(clip)
+    raw = method.target_encoder(clip, final_norm=False)
+    assert not torch.allclose(normed, raw)
+    assert torch.allclose(method.target_embedding(clip), method.target_projector(raw.mean(1)), atol=1e-6)
+
+
+def test_grad_ratio_sets_lambda_from_the_measured_norms():
+    method = make("method.con_weight=grad_ratio", "method.con_grad_ratio=0.5", "method.con_balance_smoothing=0.75")
+    assert method.wants_term_grads(logging=False)  # nothing measured yet: lambda is 0 until then
+    assert method(batch()).terms["con_weight"] == 0
+    method.observe_term_grads({"loss_rec": 0.2, "loss_con": 10.0})
+    method.set_epoch(0.5)
+    assert method.current_con_weight.item() == pytest.approx(0.01)
+    assert not method.wants_term_grads(logging=False) and method.wants_term_grads(logging=True)
+    method.observe_term_grads({"loss_rec": 0.2, "loss_con": 5.0})  # target 0.02, smoothed
+    method.set_epoch(0.6)
+    assert method.current_con_weight.item() == pytest.approx(0.75 * 0.01 + 0.25 * 0.02)
+    assert "balanced_con_weight" in method.state_dict()
+    fixed = make("method.con_weight=0.3")
+    fixed.set_epoch(0.0)
+    assert not fixed.wants_term_grads(logging=True) and fixed.current_con_weight.item() == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="method.con_weight"):
+        make("method.con_weight=balanced")
+
+
+def test_files_saved_before_the_weight_buffers_still_load():
+    method = make()
+    state = {k: v for k, v in method.state_dict().items() if not k.endswith("con_weight")}
+    make().load_state_dict(state)
+
+
+@pytest.mark.parametrize("preset", ["configs/demo/cmae_v.yaml", "configs/demo/vic_mae.yaml"])
+def test_log_term_grads_writes_each_terms_encoder_gradient(synth_dir, tmp_path, preset):
+    frames = "4" if "cmae_v" in preset else "1"
+    overrides = tiny_overrides(synth_dir, **{"train.epochs": 1, "data.num_frames": frames}) + TINY_HEADS
+    if "vic_mae" in preset:
+        overrides += ["model.tubelet_size=1", "method.con_start_epoch=0"]
+    pretrain(load_config(preset, [*overrides, "train.log_term_grads=true", "method.con_weight=grad_ratio",
+                                  "method.con_grad_ratio=0.25", "method.con_balance_smoothing=0"]), tmp_path)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert len(records) == 3  # 24 clips / batch 8, log_every 1
+    for record in records:
+        assert record["grad_norm_loss_rec"] > 0 and record["grad_norm_loss_con"] > 0
+    # with no smoothing, each measurement sets the next step's lambda to 0.25 x |g_rec| / |g_con|
+    for before, after in zip(records, records[1:]):
+        assert after["con_weight"] == pytest.approx(
+            0.25 * before["grad_norm_loss_rec"] / before["grad_norm_loss_con"], rel=1e-4)
+    plain = tmp_path / "plain"
+    pretrain(load_config(preset, overrides), plain)
+    assert not any(k.startswith("grad_norm_loss") for k in read_metrics(plain / "metrics.jsonl")[0])

@@ -63,7 +63,9 @@ def test_lambda_schedule():
 
 
 def test_projector_options():
-    assert make("method.projector=released").projector[-1].out_features == 128
+    released = make("method.projector=released").projector  # the authors' code: D -> 4096 -> 4096 -> 128
+    assert [m.out_features for m in released if isinstance(m, torch.nn.Linear)] == [4096, 4096, 128]
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in released) == 2
     assert make().projector[-1].out_features == 96  # 2 x the 48-wide encoder
     with pytest.raises(ConfigError, match="method.projector"):
         make("method.projector=huge")

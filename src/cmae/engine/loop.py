@@ -355,9 +355,14 @@ def train_one_epoch(run: Run, epoch: int) -> None:
         method.set_epoch(run.step / run.steps_per_epoch)
         for group in run.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        sums = accumulate_gradients(run, batches, epoch)
         last_step = index == run.steps_per_epoch - 1
         logging = (run.step + 1) % train.log_every == 0 or run.step + 1 == run.total_steps or last_step
+        measure = (logging and train.log_term_grads) or method.wants_term_grads(logging)
+        sums, term_grads = accumulate_gradients(run, batches, epoch, measure)
+        if term_grads:
+            method.observe_term_grads(term_grads)
+            if logging:
+                sums.update({f"grad_norm_{name}": torch.tensor(norm) for name, norm in term_grads.items()})
         grad_norm = None
         if train.clip_grad > 0 or logging:  # the norm before clipping: a sync, so only when needed
             run.scaler.unscale_(run.optimizer)
@@ -403,10 +408,13 @@ def save_due(run: Run, epoch: int, last_step: bool) -> bool:
     return by_steps or by_epochs
 
 
-def accumulate_gradients(run: Run, batches, epoch: int) -> dict[str, torch.Tensor]:
-    """Forward and backward `accum_steps` micro-batches; returns the loss terms averaged over them."""
+def accumulate_gradients(run: Run, batches, epoch: int, measure: bool = False
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Forward and backward `accum_steps` micro-batches; returns the loss terms averaged over them and,
+    with `measure`, each loss part's gradient norm on the shared encoder (first micro-batch, ranks averaged)."""
     accum = run.train.accum_steps
     sums: dict[str, torch.Tensor] = {}
+    term_grads: dict[str, float] = {}
     for micro in range(accum):
         waiting = time.perf_counter()
         data = next(batches)
@@ -419,11 +427,29 @@ def accumulate_gradients(run: Run, batches, epoch: int) -> dict[str, torch.Tenso
         with gradient_sync(run.model, micro == accum - 1):
             with autocast(run.device, run.dtype):
                 out = run.model(data)
+            if measure and micro == 0:
+                term_grads = term_gradient_norms(out.parts, run.job.method.encoder, run.dist_info.world_size)
             run.scaler.scale(out.loss / accum).backward()
         run.nonfinite += ~torch.isfinite(out.loss.detach())
         for name, value in {"loss": out.loss.detach(), **out.terms}.items():
             sums[name] = sums.get(name, 0.0) + value.float() / accum
-    return sums
+    return sums, term_grads
+
+
+def term_gradient_norms(parts: dict[str, torch.Tensor], encoder: nn.Module, world_size: int) -> dict[str, float]:
+    """{name: L2 norm of d part / d encoder parameters}, averaged over ranks (a collective: every rank
+    measures at the same steps). One extra backward per part, through the graph kept for the real one."""
+    if not parts:
+        return {}
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    norms = []
+    for part in parts.values():
+        grads = [g for g in torch.autograd.grad(part.float(), params, retain_graph=True, allow_unused=True)
+                 if g is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])) if grads
+                     else torch.zeros((), device=part.device))
+    averaged = all_reduce_sum(torch.stack(norms).cpu().double()) / world_size
+    return dict(zip(parts, averaged.tolist(), strict=True))
 
 
 def check_finite(run: Run, epoch: int) -> None:

@@ -11,10 +11,13 @@ from torch import nn
 @dataclass
 class MethodOutput:
     """`loss` is what the optimiser minimises; `terms` are detached scalars to log by name
-    (`loss_rec`, `loss_con`, ...). The engine logs `loss` itself as `loss`."""
+    (`loss_rec`, `loss_con`, ...). The engine logs `loss` itself as `loss`. `parts` holds the
+    loss terms still in the graph (unweighted, as logged), for per-term gradient norms
+    (`train.log_term_grads`, `method.con_weight=grad_ratio`)."""
 
     loss: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Method(nn.Module):
@@ -25,7 +28,10 @@ class Method(nn.Module):
     explicit value is a config error). `forward(batch) -> MethodOutput`. The loop calls
     `set_epoch(fractional epoch)` before each step (loss-weight schedules) and
     `after_step(step, total_steps)` after each optimiser step (EMA targets); both do
-    nothing unless a method needs them.
+    nothing unless a method needs them. A method whose loss weights follow its gradients
+    says so with `wants_term_grads(logging)`; the loop then measures the gradient norm of
+    each of `MethodOutput.parts` on the shared encoder and hands them to
+    `observe_term_grads({name: norm})` (averaged over ranks).
     """
 
     name: str = ""
@@ -36,6 +42,12 @@ class Method(nn.Module):
         pass
 
     def after_step(self, step: int, total_steps: int) -> None:
+        pass
+
+    def wants_term_grads(self, logging: bool) -> bool:
+        return False
+
+    def observe_term_grads(self, norms: dict[str, float]) -> None:
         pass
 
     def require_views(self, batch: dict[str, torch.Tensor]) -> None:

@@ -13,7 +13,11 @@ The pixel decoder is narrower than the encoder, so with `method.feature=decoder`
 linear layer maps the pooled decoder state to the encoder width; that keeps the
 projector's input the encoder's feature space, which is what lets the target projector
 be an EMA copy of the online one. `method.feature=encoder` pools the encoder's visible
-tokens instead (no extra layer).
+tokens instead (no extra layer). `method.feature=feature_decoder` is CMAE's released code:
+a separate small decoder (`method.feature_decoder_depth` blocks, its own mask token and
+position table, no pixel head) whose states, pooled over all N tokens, feed the projector,
+so InfoNCE does not train the pixel decoder. `method.target_norm=false` skips the target
+encoder's final norm (CMAE's `final_norm=False`). lambda_c is `cmae.methods.weighting`'s.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from cmae.losses import global_info_nce
 from cmae.methods.base import MethodOutput
 from cmae.methods.mae import Reconstruction
 from cmae.methods.videomae import VideoMAE
-from cmae.models import build_encoder
+from cmae.methods.weighting import ContrastiveWeighting
+from cmae.models import PixelDecoder, build_encoder
 from cmae.models.heads import MLPHead
 from cmae.models.pooling import mean_pool
 
@@ -41,7 +46,7 @@ def momentum_at(step: int, total_steps: int, base: float, schedule: str) -> floa
     return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)) + 1) / 2
 
 
-class CMAEV(VideoMAE):
+class CMAEV(ContrastiveWeighting, VideoMAE):
     name = "cmae_v"
     views = ("video", "target")
     view_sampler = "temporal_shift"
@@ -51,11 +56,19 @@ class CMAEV(VideoMAE):
         m = config.method
         self.feature = m.feature
         self.temperature = m.temperature
-        self.con_weight = m.con_weight
+        self.init_con_weight(m)
         self.con_scale = 2 * m.temperature if m.con_scale_2tau else 1.0
         self.momentum, self.momentum_schedule = m.momentum, m.momentum_schedule
+        self.target_norm = m.target_norm
         width = self.encoder.embed_dim
-        self.feature_proj = nn.Linear(config.model.decoder_dim, width) if m.feature == "decoder" else nn.Identity()
+        feature_width = {"decoder": config.model.decoder_dim, "encoder": width,
+                         "feature_decoder": m.feature_decoder_dim or width}[m.feature]
+        if m.feature == "feature_decoder":
+            self.feature_decoder = PixelDecoder(
+                width, 0, embed_dim=feature_width, depth=m.feature_decoder_depth,
+                num_heads=feature_width // 64 if feature_width % 64 == 0 else 1,  # ViT's 64-wide heads
+                pos_embed=self.decoder.pos_embed, init=config.model.decoder_init)
+        self.feature_proj = nn.Linear(feature_width, width) if feature_width != width else nn.Identity()
         self.projector = MLPHead(width, [m.proj_hidden], m.proj_dim, m.global_bn)
         self.predictor = MLPHead(m.proj_dim, [m.pred_hidden], m.proj_dim, m.global_bn) if m.predictor else nn.Identity()
         # The target encoder has no stochastic depth: it is a teacher, not trained by gradient.
@@ -69,28 +82,33 @@ class CMAEV(VideoMAE):
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
 
-    def online_feature(self, rec: Reconstruction) -> torch.Tensor:
+    def online_feature(self, rec: Reconstruction, clip: torch.Tensor) -> torch.Tensor:
         """`[B, D_enc]` pooled online feature (see module docstring)."""
         if self.feature == "decoder":
             return self.feature_proj(mean_pool(rec.hidden))
-        return mean_pool(rec.latent[:, self.encoder.num_prefix_tokens :])
+        patches = rec.latent[:, self.encoder.num_prefix_tokens :]
+        if self.feature == "encoder":
+            return mean_pool(patches)
+        _, hidden = self.feature_decoder(patches, rec.mask.visible, self.encoder.token_grid(clip.shape))
+        return self.feature_proj(mean_pool(hidden))
 
     @torch.no_grad()
     def target_embedding(self, clip: torch.Tensor) -> torch.Tensor:
         """Full (unmasked) target clip -> `[B, proj_dim]`."""
-        tokens = self.target_encoder(clip)
+        tokens = self.target_encoder(clip, final_norm=self.target_norm)
         return self.target_projector(mean_pool(tokens[:, self.target_encoder.num_prefix_tokens :]))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
         self.require_views(batch)
         rec = self.reconstruct(batch["video"], decoder_masking=self.training)
-        query = self.predictor(self.projector(self.online_feature(rec)))
+        query = self.predictor(self.projector(self.online_feature(rec, batch["video"])))
         key = self.target_embedding(batch["target"])
         loss_con = self.con_scale * global_info_nce(query, key, self.temperature, batch.get("index"))
-        loss = rec.loss + self.con_weight * loss_con
+        loss = rec.loss + self.current_con_weight * loss_con
         return MethodOutput(loss, {
             "loss_rec": rec.loss.detach(), "loss_con": loss_con.detach(), "momentum": self.current_momentum.clone(),
-        })
+            "con_weight": self.current_con_weight.clone(),
+        }, parts={"loss_rec": rec.loss, "loss_con": loss_con})
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:

@@ -81,4 +81,4 @@ class MAE(Method):
     def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
         self.require_views(batch)
         rec = self.reconstruct(batch["video"], decoder_masking=self.training)
-        return MethodOutput(rec.loss, {"loss_rec": rec.loss.detach()})
+        return MethodOutput(rec.loss, {"loss_rec": rec.loss.detach()}, parts={"loss_rec": rec.loss})

@@ -4,7 +4,8 @@ Two single-frame views `[B, C, 1, H, W]` of one video (or two augmentations of o
 image) go through one encoder with shared weights, each with its own random mask; the
 pixel decoder reconstructs both (averaged) or only the first (Algorithm 1). A subclass
 says how the encoder tokens become a global feature and which loss ties the two
-views; the weight lambda of that loss follows a step schedule in epochs.
+views; the weight lambda of that loss follows a step schedule in epochs (and may follow
+the gradients: `cmae.methods.weighting`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import torch
 from cmae.config import Config
 from cmae.methods.base import MethodOutput
 from cmae.methods.mae import MAE
+from cmae.methods.weighting import ContrastiveWeighting
 
 
-class TwoViewMAE(MAE):
+class TwoViewMAE(ContrastiveWeighting, MAE):
     default_masking = "random"
     views = ("view1", "view2")
     view_sampler = "frame_pair"
@@ -24,18 +26,8 @@ class TwoViewMAE(MAE):
 
     def __init__(self, config: Config):
         super().__init__(config)
-        m = config.method
-        self.rec_views = m.rec_views
-        self.con_weight, self.con_start_epoch = m.con_weight, m.con_start_epoch
-        self.register_buffer("current_con_weight", torch.tensor(self.weight_at(0.0)))
-
-    def weight_at(self, epoch: float) -> float:
-        """lambda: 0 before `con_start_epoch`, then `con_weight` (ViC-MAE Table 5)."""
-        return self.con_weight if epoch >= self.con_start_epoch else 0.0
-
-    def set_epoch(self, epoch: float) -> None:
-        """Called by the engine before each step with the fractional epoch."""
-        self.current_con_weight.fill_(self.weight_at(epoch))
+        self.rec_views = config.method.rec_views
+        self.init_con_weight(config.method)
 
     def encode_views(self, view1: torch.Tensor, view2: torch.Tensor):
         """-> (reconstruction loss, encoder tokens of view 1, of view 2), each view masked on its own."""
@@ -63,4 +55,5 @@ class TwoViewMAE(MAE):
         loss = loss_rec + self.current_con_weight * loss_con
         terms = {"loss_rec": loss_rec.detach(), "loss_con": loss_con.detach(),
                  "con_weight": self.current_con_weight.clone()}
-        return MethodOutput(loss, {**terms, **{k: v.detach() for k, v in extra.items()}})
+        return MethodOutput(loss, {**terms, **{k: v.detach() for k, v in extra.items()}},
+                            parts={"loss_rec": loss_rec, "loss_con": loss_con})

@@ -4,7 +4,8 @@ Two frames of one video (distant sampling) or two augmentations of one image -> 
 ViT, each view with its own random mask -> pixel reconstruction, and pooling Omega
 (mean / max / GeM) of each view's encoder tokens -> projector -> L2-normalised ->
 symmetrised InfoNCE over the global batch (eq. 3). L = L_rec + lambda * L_con with
-lambda = 0 until `method.con_start_epoch`, then `method.con_weight` (0.025).
+lambda = 0 until `method.con_start_epoch`, then `method.con_weight` (0.025; or a rule:
+`cmae.methods.weighting`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ CONTRASTIVE_LOSSES = {"eq3": symmetric_info_nce, "algorithm1": cross_view_info_n
 def vic_mae_projector(width: int, kind: str, global_bn: bool = True) -> MLPHead:
     """paper (appendix A, after Bardes et al.): Linear D -> 2D, then two size-preserving
     Linear layers, with BatchNorm + ReLU between: D -> 2D -> 2D -> 2D.
-    released: the authors' code, D -> 4096 -> 128."""
+    released: the authors' code (jeffhernandez1995/ViC-MAE), D -> 4096 -> 4096 -> 128, with
+    BatchNorm + ReLU after each hidden layer."""
     if kind == "paper":
         return MLPHead(width, [2 * width, 2 * width], 2 * width, global_bn)
-    return MLPHead(width, [4096], 128, global_bn)  # released
+    return MLPHead(width, [4096, 4096], 128, global_bn)  # released
 
 
 class ViCMAE(TwoViewMAE):

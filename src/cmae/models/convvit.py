@@ -173,7 +173,8 @@ class ConvViT(nn.Module):
             return self.depth + 1
         return 0
 
-    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None, final_norm: bool = True) -> torch.Tensor:
+        """`final_norm=False` skips the last LayerNorm (as `VisionTransformer.forward`)."""
         grid = self.token_grid(x.shape)
         b, n = x.shape[0], grid[0] * grid[1] * grid[2]
         keep4 = keep8 = None
@@ -196,8 +197,8 @@ class ConvViT(nn.Module):
         fused = fused.reshape(b, n, -1)
         if visible is not None:
             tokens, fused = gather_tokens(tokens, visible), gather_tokens(fused, visible)
-        tokens = run_blocks(self.blocks, tokens, checkpointing=self.grad_checkpointing)
-        return self.norm(tokens + fused)
+        tokens = run_blocks(self.blocks, tokens, checkpointing=self.grad_checkpointing) + fused
+        return self.norm(tokens) if final_norm else tokens
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ class PixelDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.decoder_blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.decoder_norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.decoder_pred = nn.Linear(embed_dim, patch_dim)
+        # patch_dim 0: no pixel head, the outputs are the states (CMAE's feature decoder)
+        self.decoder_pred = nn.Linear(embed_dim, patch_dim) if patch_dim else nn.Identity()
         self.apply(partial(init_weights, scheme=init))
         if init == "xavier":  # MAE's; Hugging Face's VideoMAE starts the mask token at zero
             nn.init.normal_(self.mask_token, std=0.02)

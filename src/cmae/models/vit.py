@@ -249,15 +249,17 @@ class VisionTransformer(nn.Module):
             return tokens + table
         return tokens + gather_tokens(table, visible)
 
-    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Run the transformer on already-embedded tokens `[B, K, D]` (class token prepended here)."""
+    def forward_tokens(self, tokens: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+        """Run the transformer on already-embedded tokens `[B, K, D]` (class token prepended here);
+        `final_norm=False` skips the last LayerNorm (CMAE's target encoder: `final_norm=False`)."""
         if self.cls_token is not None:
             cls = self.cls_token if self.cls_pos_embed is None else self.cls_token + self.cls_pos_embed
             tokens = torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
-        return self.norm(run_blocks(self.blocks, tokens, checkpointing=self.grad_checkpointing))
+        tokens = run_blocks(self.blocks, tokens, checkpointing=self.grad_checkpointing)
+        return self.norm(tokens) if final_norm else tokens
 
-    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_tokens(self.embed(x, visible))
+    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None, final_norm: bool = True) -> torch.Tensor:
+        return self.forward_tokens(self.embed(x, visible), final_norm)
 
 
 INITS = ("xavier", "normal")
