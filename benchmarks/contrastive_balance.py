@@ -40,8 +40,9 @@ def measured(folder: Path, overrides: list[str], preset: Path, steps: int) -> di
     done = folder / "metrics.jsonl"
     if not done.is_file() or read_metrics(done)[-1]["step"] != steps:
         epochs = -(-steps // 50)  # 50 steps per epoch on the demo's 1,600 clips
-        config = load_config(preset, [*overrides, f"train.epochs={epochs}", f"train.max_steps_per_epoch={-(-steps // epochs)}",
-                                      f"train.log_every={steps}", "train.log_term_grads=true", "train.tensorboard=false"])
+        config = load_config(preset, [*overrides, f"train.epochs={epochs}",
+                                      f"train.max_steps_per_epoch={-(-steps // epochs)}", f"train.log_every={steps}",
+                                      "train.log_term_grads=true", "train.tensorboard=false"])
         pretrain(config, folder)
     return read_metrics(done)[-1]
 

@@ -10,10 +10,12 @@ probes train on the fit part and are scored on the selection part, so no setting
 the validation set (`--report-val` adds the validation columns, for the chosen settings only).
 Pre-training uses all 1,600 training clips, as the demo does (their labels are never read).
 
-Each point is one `cmae pretrain` of the method's demo preset with the point's overrides, then:
+Each point is one `cmae pretrain` of the method's demo preset with the point's overrides (the point
+named `random`: the preset's random-init encoder, the floor), then:
 - motion and colour linear probes (the demo's probe settings) on fit -> selection;
-- own-view retrieval on the selection clips: features of frames 0, 2, ..., 14 against those of
-  frames 1, 3, ..., 15 of the same clips (one-frame encoders: frame 2 against frame 13); the
+- own-view retrieval on the selection clips: features of frames 0, 2, ..., 14 cropped to the frame's
+  top-left 7/8 against those of frames 1, 3, ..., 15 cropped to its bottom-right 7/8 (both resized
+  back; one-frame encoders: frame 2 against frame 13); the
   percentage whose nearest neighbour (cosine) among all selection clips is their own clip
   (chance 1/320). High retrieval with a low label probe is a representation that identifies
   clips by traits the labels do not share;
@@ -35,7 +37,7 @@ from cmae.config import load_config
 from cmae.data.decoding import open_video
 from cmae.data.lists import read_samples
 from cmae.data.synth import write_synthetic_dataset
-from cmae.demo import DEMO_EPOCHS, DEMO_SPEC, PRESETS, PROBE, TASKS, _has_dataset
+from cmae.demo import DEMO_EPOCHS, DEMO_SPEC, PRESETS, PROBE, TASKS, _has_dataset, save_random_init
 from cmae.engine.evaluate import frozen_evaluation
 from cmae.engine.loading import load_pretrained
 from cmae.engine.pretrain import pretrain
@@ -73,12 +75,17 @@ def own_view_retrieval(checkpoint: Path, samples_list: Path) -> float:
     std = torch.tensor(config.data.std).view(3, 1, 1, 1)
     samples = read_samples(str(samples_list), config.data, labelled=True)
     views = ([2], [13]) if one_frame else (list(range(0, 16, 2)), list(range(1, 16, 2)))
+    size, crop = config.data.image_size, config.data.image_size * 7 // 8
+    corners = (0, size - crop)  # view A: the top-left 7/8 of the frame, view B: the bottom-right
     features: list[list[torch.Tensor]] = [[], []]
     for sample in samples:
         with open_video(sample.path) as reader:
             for k, indices in enumerate(views):
-                frames = reader.get_frames(indices)  # [T, C, H, W] uint8
-                clip = (frames.permute(1, 0, 2, 3).float() / 255 - mean) / std
+                frames = reader.get_frames(indices).float() / 255  # [T, C, H, W]
+                c = corners[k]
+                frames = F.interpolate(frames[..., c:c + crop, c:c + crop], size=(size, size), mode="bilinear",
+                                       antialias=True, align_corners=False)
+                clip = (frames.permute(1, 0, 2, 3) - mean) / std
                 tokens = encoder(clip[None])[:, encoder.num_prefix_tokens:]
                 features[k].append(tokens.mean(1))
     a, b = (F.normalize(torch.cat(f), dim=1) for f in features)
@@ -92,11 +99,15 @@ def run_point(method: str, name: str, overrides: list[str], data: Path, split, o
     done = folder / "point.json"
     if done.is_file():
         return json.loads(done.read_text())
-    config = load_config(PRESETS / f"{method}.yaml",
-                         [f"data.train={data / 'train.txt'}", f"train.epochs={epochs}", *overrides])
-    summary = pretrain(config, folder)
-    checkpoint = folder / "checkpoint-last.pt"
-    row = {"point": name, "overrides": overrides, "seconds": summary.get("seconds")}
+    if name == "random":  # the floor: the preset's random-init encoder
+        checkpoint = save_random_init(PRESETS / f"{method}.yaml", overrides, folder)
+        row = {"point": name, "overrides": overrides}
+    else:
+        config = load_config(PRESETS / f"{method}.yaml",
+                             [f"data.train={data / 'train.txt'}", f"train.epochs={epochs}", *overrides])
+        summary = pretrain(config, folder)
+        checkpoint = folder / "checkpoint-last.pt"
+        row = {"point": name, "overrides": overrides, "seconds": summary.get("seconds")}
     for task, (_, val, task_overrides) in TASKS.items():
         fit, select = split[task]
         pairs = [("select", select)] + ([("val", data / val)] if report_val else [])
@@ -105,7 +116,7 @@ def run_point(method: str, name: str, overrides: list[str], data: Path, split, o
                                        [f"data.train={fit}", f"data.val={target}", *task_overrides, *PROBE])
             row[f"{task} {part}"] = result["top1"]
     row["retrieval"] = own_view_retrieval(checkpoint, split["motion"][1])
-    metrics = [m for m in read_metrics(folder / "metrics.jsonl") if "loss_con" in m]
+    metrics = [m for m in read_metrics(folder / "metrics.jsonl") if "loss_con" in m] if name != "random" else []
     if metrics:
         row["loss_con first"], row["loss_con last"] = metrics[0]["loss_con"], metrics[-1]["loss_con"]
     done.write_text(json.dumps(row, indent=2))
@@ -116,7 +127,8 @@ def table(rows: list[dict]) -> str:
     columns = [c for c in rows[0] if c not in ("point", "overrides", "seconds")]
     for row in rows[1:]:
         columns += [c for c in row if c not in columns and c not in ("point", "overrides", "seconds")]
-    lines = ["| point | overrides | " + " | ".join(columns) + " |", "| --- | --- | " + " | ".join("---:" for _ in columns) + " |"]
+    lines = ["| point | overrides | " + " | ".join(columns) + " |",
+             "| --- | --- | " + " | ".join("---:" for _ in columns) + " |"]
     for row in rows:
         values = [f"{row[c]:.1f}" if isinstance(row.get(c), float) and "loss" not in c
                   else (f"{row[c]:.3f}" if c in row else "") for c in columns]

@@ -293,7 +293,8 @@ _RULES: dict[str, tuple[Any, str]] = {
         "finetune.epochs")},  # 0: test a fine-tuned file as it is
     "method.con_weight": (lambda v: v == "grad_ratio" or v >= 0, ">= 0 or grad_ratio"),
     **{key: (_fraction, "in [0, 1)") for key in (
-        "method.con_balance_smoothing", "data.image_ratio", "model.drop_path", "method.mask_ratio", "method.decoder_mask_ratio", "finetune.drop_path",
+        "method.con_balance_smoothing", "data.image_ratio", "model.drop_path", "method.mask_ratio",
+        "method.decoder_mask_ratio", "finetune.drop_path",
         "finetune.label_smoothing", "finetune.reprob", "finetune.head_dropout")},
     **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
     "data.test_crop_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -320,7 +321,8 @@ def validate(config: Config) -> Config:
         value = getattr(getattr(config, section), name)
         if not check(value):
             raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
-    if config.train.strategy == "fsdp" and (config.train.log_term_grads or config.method.con_weight == "grad_ratio"):
+    measures_grads = config.train.log_term_grads or config.method.con_weight == "grad_ratio"
+    if config.train.strategy == "fsdp" and measures_grads:
         raise ConfigError("train.log_term_grads and method.con_weight=grad_ratio measure gradients on the whole "
                           "encoder, which train.strategy=fsdp shards: use ddp")
     from cmae.methods import METHODS  # here: the methods import this module

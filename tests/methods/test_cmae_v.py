@@ -178,7 +178,7 @@ def test_log_term_grads_writes_each_terms_encoder_gradient(synth_dir, tmp_path, 
     for record in records:
         assert record["grad_norm_loss_rec"] > 0 and record["grad_norm_loss_con"] > 0
     # with no smoothing, each measurement sets the next step's lambda to 0.25 x |g_rec| / |g_con|
-    for before, after in zip(records, records[1:]):
+    for before, after in zip(records, records[1:], strict=False):
         assert after["con_weight"] == pytest.approx(
             0.25 * before["grad_norm_loss_rec"] / before["grad_norm_loss_con"], rel=1e-4)
     plain = tmp_path / "plain"
