@@ -19,7 +19,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     spec = SynthSpec(num_train=args.train, num_val=args.val, num_frames=args.frames, size=args.size, seed=args.seed,
                      background_drift=args.background_drift, distractors=args.distractors,
                      same_shape_distractors=args.same_shape_distractors,
-                     same_color_distractors=args.same_color_distractors)
+                     same_color_distractors=args.same_color_distractors, background_pool=args.background_pool)
     started = time.time()
     summary = write_synthetic_dataset(args.output, spec, progress=True)
     print(json.dumps(summary, indent=2, default=str))
@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--background-drift", type=float, default=0.3,
                        help="largest background travel over a clip, as a fraction of the frame (0: static)")
+    synth.add_argument("--background-pool", type=int, default=0,
+                       help="draw every background from this many shared textures (0: each clip its own)")
     synth.add_argument("--distractors", type=int, default=3, help="largest number of distractor objects")
     synth.add_argument("--same-shape-distractors", action="store_true",
                        help="distractors take the main object's shape (a clean object label; the demo's data)")

@@ -16,6 +16,7 @@ from cmae.data.synth import (
     OBJECT_CLASSES,
     SCENE_CLASSES,
     SynthSpec,
+    background_textures,
     render_clip,
     sample_clip,
     write_synthetic_dataset,
@@ -207,3 +208,21 @@ def test_background_drift_and_distractors_are_options():
         # the colour label is the body's hue bin (up to the 8-bit rounding of the colour)
         hue = colorsys.rgb_to_hsv(*(c / 255 for c in mixed.obj.color))[0] * len(COLOR_CLASSES)
         assert min(abs(hue - mixed.obj.hue_class - offset) for offset in (0.5, 0.5 + len(COLOR_CLASSES))) <= 0.52
+
+
+def test_a_background_pool_shares_textures_and_keeps_every_other_draw():
+    spec = SynthSpec(num_frames=8, size=32, background_pool=3)
+    pool = background_textures(spec)
+    assert len(pool) == 3 and background_textures(SynthSpec()) == []
+    seen = set()
+    for seed in range(20):
+        own = sample_clip(seed % 8, np.random.default_rng(seed), num_frames=8, size=32)
+        pooled = sample_clip(seed % 8, np.random.default_rng(seed), num_frames=8, size=32, texture_pool=pool)
+        assert np.array_equal(own.obj.center, pooled.obj.center) and own.obj.color == pooled.obj.color
+        assert np.array_equal(own.bg_offset, pooled.bg_offset) and pooled.texture.shape == own.texture.shape
+        index = next(k for k, (texture, _) in enumerate(pool)
+                     if np.array_equal(texture[: pooled.texture.shape[0], : pooled.texture.shape[1]], pooled.texture))
+        assert pooled.scene == pool[index][1]
+        seen.add(index)
+        render_clip(pooled)
+    assert seen == {0, 1, 2}

@@ -75,6 +75,9 @@ class SynthSpec:
     # distractors in the main object's colours keep the colour label clean (a frame shows one hue)
     same_color_distractors: bool = False
     object_size: tuple[float, float] = (0.11, 0.22)  # main object's mid-clip circumradius range, fraction of the frame
+    # > 0: every clip's background is one of this many shared textures (train and val alike), so a background
+    # no longer identifies a clip; 0: each clip draws its own. Every other draw of a clip stays the same.
+    background_pool: int = 0
 
 
 @dataclass
@@ -151,8 +154,10 @@ def sample_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, siz
                 background_drift: float = 0.3, distractors: int = 3,
                 same_shape_distractors: bool = False,
                 object_size: tuple[float, float] = (0.11, 0.22),
-                same_color_distractors: bool = False) -> ClipParams:
-    """Draw the random parameters of one clip of class ``motion`` (no rendering)."""
+                same_color_distractors: bool = False,
+                texture_pool: list[tuple[np.ndarray, int]] | None = None) -> ClipParams:
+    """Draw the random parameters of one clip of class ``motion`` (no rendering). With a
+    `texture_pool` (`background_textures`) the background is one of its textures, chosen last."""
     T, L = num_frames, float(size)
     tc = np.arange(T) / (T - 1) - 0.5  # [T] time in [-0.5, 0.5], 0 at the middle frame
     name = MOTION_CLASSES[motion]
@@ -197,7 +202,21 @@ def sample_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, siz
         sprites.append(Sprite(obj.shape if same_shape_distractors else shape, body, mark,
                               mid + travel * tc[:, None], ang, r, hue_class))
 
+    if texture_pool:  # a shared texture, cut to this clip's size (pool textures have the largest margin)
+        pooled, scene = texture_pool[int(rng.integers(len(texture_pool)))]
+        texture = pooled[: texture.shape[0], : texture.shape[1]]
     return ClipParams(motion, size, obj, sprites, texture, bg_offset, scene)
+
+
+POOL_SEED_OFFSET = 7_000_000
+
+
+def background_textures(spec: SynthSpec) -> list[tuple[np.ndarray, int]]:
+    """The `spec.background_pool` shared backgrounds (texture, scene index), each as large as the
+    largest drift needs; empty when the pool is off."""
+    margin = int(np.ceil(spec.background_drift * spec.size)) + 1
+    return [_texture(np.random.default_rng(spec.seed + POOL_SEED_OFFSET + k), (spec.size + 2 * margin) * _SS)
+            for k in range(spec.background_pool)]
 
 
 def _draw_sprite(draw: ImageDraw.ImageDraw, s: Sprite, t: int) -> None:
@@ -269,13 +288,15 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec | None = None, 
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=total, desc="synth", unit="clip")
+    pool = background_textures(spec)
     for split, (count, split_seed) in splits.items():
         (out / "videos" / split).mkdir(parents=True, exist_ok=True)
         lines: dict[str, list[str]] = {"": [], "_object": [], "_color": [], "_scene": []}
         for i in range(count):
             params = sample_clip(i % len(MOTION_CLASSES), np.random.default_rng(split_seed + i),
                                  spec.num_frames, spec.size, spec.background_drift, spec.distractors,
-                                 spec.same_shape_distractors, tuple(spec.object_size), spec.same_color_distractors)
+                                 spec.same_shape_distractors, tuple(spec.object_size), spec.same_color_distractors,
+                                 pool)
             rel = f"videos/{split}/{i:05d}.mp4"
             write_mp4(out / rel, render_clip(params), spec.fps)
             for suffix, label in (("", params.motion), ("_object", params.obj.shape),
