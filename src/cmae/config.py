@@ -17,23 +17,17 @@ from typing import Any, Literal
 
 import yaml
 
+from cmae.errors import ConfigError, InputError, reject_choice
+
+# names that modules and users import from here (the errors live in cmae.errors)
+__all__ = [
+    "Config", "ConfigError", "DataConfig", "EvalConfig", "FinetuneConfig", "IMAGENET_MEAN", "IMAGENET_STD",
+    "InputError", "MethodConfig", "ModelConfig", "ScheduleConfig", "TrainConfig", "config_from_dict",
+    "load_config", "parse_override", "read_preset", "reject_choice", "save_config", "set_key", "validate",
+]
+
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema; the message names the key."""
-
-
-def reject_choice(what: str, value: Any, choices: typing.Iterable[str]) -> typing.NoReturn:
-    """The one error for a name outside its choices in a direct library call (masking, targets,
-    video backend, protocol); values that come through a config are checked when it loads."""
-    raise ValueError(f"unknown {what} {value!r}; use one of {', '.join(map(repr, choices))}")
-
-
-class InputError(ValueError):
-    """Unusable input data (a malformed list line, an empty list or image folder); the message
-    names the file, and the line where there is one."""
 
 
 @dataclass
