@@ -308,8 +308,9 @@ _RULES: dict[str, tuple[Any, str]] = {
 
 
 def validate(config: Config) -> Config:
-    """Raise ConfigError naming the first key whose value is out of its range, or a method
-    name or view sampler that does not fit; resolve `data.views: auto` to the method's."""
+    """Raise ConfigError naming the first key whose value is out of its range (`_RULES`), or keys
+    that do not go together. What needs the method registry (a known `method.name`, `data.views`
+    that fits it, `auto` resolved) is `cmae.methods.resolve_method`'s, which the runs call next."""
     for key, (check, expected) in _RULES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
@@ -319,16 +320,6 @@ def validate(config: Config) -> Config:
     if config.train.strategy == "fsdp" and measures_grads:
         raise ConfigError("train.log_term_grads and method.con_weight=grad_ratio measure gradients on the whole "
                           "encoder, which train.strategy=fsdp shards: use ddp")
-    from cmae.methods import METHODS  # here: the methods import this module
-
-    method = METHODS.get(config.method.name)
-    if method is None:
-        raise ConfigError(f"unknown method.name {config.method.name!r}; choose one of: {', '.join(METHODS)}")
-    if config.data.views == "auto":
-        config.data.views = method.view_sampler
-    elif config.data.views != method.view_sampler:
-        raise ConfigError(f"data.views={config.data.views} does not give method {config.method.name!r} its inputs "
-                          f"{list(method.views)}: use {method.view_sampler} (or auto)")
     return config
 
 
@@ -437,7 +428,8 @@ def read_preset(path: str | Path, _children: tuple[Path, ...] = ()) -> list[tupl
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults <- YAML file at `path` (after its bases) <- `key=value` overrides, all checked."""
+    """Defaults <- YAML file at `path` (after its bases) <- `key=value` overrides, all checked against the
+    schema and `validate`d; a run then calls `cmae.methods.resolve_method` for what needs the methods."""
     config = Config()
     for preset, values in read_preset(path) if path is not None else []:
         try:
