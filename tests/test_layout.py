@@ -5,6 +5,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cmae"
 MAX_FUNCTION_LINES = 70
+MAX_FILE_LINES = 400
 
 
 def test_no_function_is_longer_than_70_lines():
@@ -15,6 +16,12 @@ def test_no_function_is_longer_than_70_lines():
                 lines = node.end_lineno - node.lineno + 1
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long
+
+
+def test_no_module_is_longer_than_400_lines():
+    long = [f"{path.relative_to(SRC)} ({lines} lines)" for path in sorted(SRC.rglob("*.py"))
+            if (lines := len(path.read_text().splitlines())) > MAX_FILE_LINES]
     assert not long, long
 
 
