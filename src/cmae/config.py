@@ -6,8 +6,8 @@ named. The resolved config is written to each run's `config.yaml`.
 
 The bottom floor of the package, with its siblings: `cmae.config_schema` types the values of
 YAML presets and overrides, `cmae.config_rules` holds the range rules, `cmae.errors` the errors.
-None of them imports anything else of cmae; the checks that need the method registry are
-`cmae.methods.resolve_method`'s. `docs/configuration.md` is generated from this file.
+None of them imports anything else of cmae: the checks that need the method registry are
+`resolve_method`'s, in the methods package a floor above.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class DataConfig:
     # into num_frames equal segments, a frame from each (TSN's; VideoMAE's fine-tuning on SSv2), sampling_rate unused
     temporal_sampling: Literal["dense", "segment"] = "dense"
     image_size: int = 224
-    # how a sample becomes the method's inputs (cmae.data.views); auto: the method's own sampler
+    # how a sample becomes the method's inputs (data/views.py); auto: the method's own sampler
     views: Literal["auto", "clip", "temporal_shift", "frame_pair"] = "auto"
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # random resized crop area range
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
@@ -87,7 +87,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_base"  # a preset of cmae.models.vit.VIT_PRESETS or cmae.models.convvit.CONVVIT_PRESETS
+    name: str = "vit_base"  # a preset of VIT_PRESETS (models/vit.py) or CONVVIT_PRESETS (models/convvit.py)
     patch_size: int = 0  # 0: the preset's
     tubelet_size: int = 2  # frames per token; 1 for images
     drop_path: float = 0.0
@@ -109,7 +109,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "videomae"  # a method of cmae.methods.METHODS
+    name: str = "videomae"  # a method of the registry METHODS (methods/__init__.py)
     masking: Literal["auto", "tube", "random"] = "auto"  # auto: the method's own (tube for video methods)
     mask_ratio: float = 0.9
     # VideoMAE V2's dual masking: the decoder sees the visible tokens and a random (1 - this) share of
@@ -252,7 +252,7 @@ class Config:
 def validate(config: Config) -> Config:
     """Raise ConfigError naming the first key whose value is out of its range (`RULES`), or keys
     that do not go together. What needs the method registry (a known `method.name`, `data.views`
-    that fits it, `auto` resolved) is `cmae.methods.resolve_method`'s, which the runs call next."""
+    that fits it, `auto` resolved) is the methods' `resolve_method`'s, which the runs call next."""
     check_ranges(config)
     measures_grads = config.train.log_term_grads or config.method.con_weight == "grad_ratio"
     if config.train.strategy == "fsdp" and measures_grads:
@@ -272,7 +272,7 @@ def set_key(config: Config, dotted: str, value: Any) -> None:
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Defaults <- YAML file at `path` (after its bases) <- `key=value` overrides, all checked against the
-    schema and `validate`d; a run then calls `cmae.methods.resolve_method` for what needs the methods."""
+    schema and `validate`d; a run then calls the methods' `resolve_method` for what needs the registry."""
     config = Config()
     for preset, values in read_preset(path) if path is not None else []:
         try:
