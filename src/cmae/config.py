@@ -8,6 +8,9 @@ The bottom floor of the package, with its siblings: `cmae.config_schema` types t
 YAML presets and overrides, `cmae.config_rules` holds the range rules, `cmae.errors` the errors.
 None of them imports anything else of cmae: the checks that need the method registry are
 `resolve_method`'s, in the methods package a floor above.
+
+docs/configuration.md is generated from this file (`python scripts/config_reference.py`): the
+comments above and beside each field are its documentation.
 """
 
 from __future__ import annotations
