@@ -33,7 +33,7 @@ MODULES = set(FILES)
 
 def cmae_imports(path: Path) -> list[tuple[int, str]]:
     """(line, module) of every `cmae.*` import in the file, at module level or inside functions;
-    `from cmae.a import b` names cmae.a.b too when b is a module."""
+    `from cmae.a import b` names cmae.a.b when b is a module, else cmae.a."""
     found = []
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
@@ -44,9 +44,10 @@ def cmae_imports(path: Path) -> list[tuple[int, str]]:
             if node.level:  # relative: resolved against this module's package
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, *([base] if base else [])])
-            found.append((node.lineno, base))
-            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names
-                      if f"{base}.{alias.name}" in MODULES]
+            submodules = [f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES]
+            if len(submodules) < len(node.names):  # names from the module itself, not only its submodules
+                found.append((node.lineno, base))
+            found += [(node.lineno, name) for name in submodules]
     return [(line, name) for line, name in found if name == "cmae" or name.startswith("cmae.")]
 
 
