@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 import time
@@ -8,6 +9,7 @@ import pytest
 import yaml
 
 from cmae.config import Config, ConfigError, config_from_dict, load_config, parse_override, save_config
+from cmae.methods import resolve_method
 
 PRESETS = sorted(Path("configs").rglob("*.yaml"))
 
@@ -107,19 +109,24 @@ def test_every_choice_key_is_checked_when_the_config_loads():
             # a view sampler needs a method that reads its views (auto resolves to videomae's clip)
             method = {"temporal_shift": "cmae_v", "frame_pair": "vic_mae"}.get(choice, "videomae") \
                 if key == "data.views" else "videomae"
-            config = load_config(None, [f"{key}={choice}", f"method.name={method}"])
+            config = resolve_method(load_config(None, [f"{key}={choice}", f"method.name={method}"]))
             expected = "clip" if (key, choice) == ("data.views", "auto") else choice
             assert getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) == expected
 
 
-def test_cli_rejects_a_bad_choice_before_reading_data(tmp_path):
+@pytest.mark.parametrize("override, message", [
+    ("method.masking=foo", "method.masking.*auto, tube, random"),  # the schema, as the config loads
+    ("method.name=videomea", "unknown method.name 'videomea'"),  # the method registry, as the run starts
+    ("data.views=frame_pair", "data.views=frame_pair does not give method 'videomae' its inputs"),
+])
+def test_cli_rejects_a_bad_choice_before_reading_data(tmp_path, override, message):
     started = time.time()
     result = subprocess.run(
         [sys.executable, "-m", "cmae.cli", "pretrain", "--config", "configs/demo/videomae.yaml", "--output",
-         str(tmp_path / "run"), f"data.train={tmp_path / 'missing.txt'}", "method.masking=foo"],
+         str(tmp_path / "run"), f"data.train={tmp_path / 'missing.txt'}", override],
         capture_output=True, text=True)
     assert result.returncode == 2 and time.time() - started < 15
-    assert "method.masking" in result.stderr and "auto, tube, random" in result.stderr
+    assert re.search(message, result.stderr), result.stderr
     assert "missing.txt" not in result.stderr and not (tmp_path / "run").exists()
 
 
@@ -140,13 +147,18 @@ def test_presets_inherit_from_a_base(tmp_path):
 
 
 def test_data_views_follow_the_method():
-    assert load_config(None, ["method.name=cmae_v"]).data.views == "temporal_shift"
-    assert load_config(None, ["method.name=mae_simsiam", "model.cls_token=true"]).data.views == "frame_pair"
-    assert load_config(None, ["method.name=mae"]).data.views == "clip"
+    """The checks that need the method registry: cmae.methods.resolve_method, which runs call after loading."""
+    def resolved(*overrides):
+        return resolve_method(load_config(None, list(overrides)))
+
+    assert resolved("method.name=cmae_v").data.views == "temporal_shift"
+    assert resolved("method.name=mae_simsiam", "model.cls_token=true").data.views == "frame_pair"
+    assert resolved("method.name=mae").data.views == "clip"
+    assert load_config(None, ["method.name=mae"]).data.views == "auto"  # the config alone knows no method
     with pytest.raises(ConfigError, match="data.views=clip does not give method 'cmae_v' its inputs.*temporal_shift"):
-        load_config(None, ["method.name=cmae_v", "data.views=clip"])
+        resolved("method.name=cmae_v", "data.views=clip")
     with pytest.raises(ConfigError, match="unknown method.name 'videomea'"):
-        load_config(None, ["method.name=videomea"])
+        resolved("method.name=videomea")
 
 
 def test_videomae_fine_tuning_presets_follow_the_official_scripts():

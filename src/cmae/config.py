@@ -3,13 +3,19 @@
 Every key lives in one of the dataclasses below, so a typo (`trian.epochs`) or a value of
 the wrong type (`train.epochs=two`) is rejected before any work starts, with the key
 named. The resolved config is written to each run's `config.yaml`.
+
+The bottom floor of the package, with its siblings: `cmae.config_schema` types the values of
+YAML presets and overrides, `cmae.config_rules` holds the range rules, `cmae.errors` the errors.
+None of them imports anything else of cmae: the checks that need the method registry are
+`resolve_method`'s, in the methods package a floor above.
+
+docs/configuration.md is generated from this file (`python scripts/config_reference.py`): the
+comments above and beside each field are its documentation.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,23 +23,19 @@ from typing import Any, Literal
 
 import yaml
 
+from cmae.config_rules import check_ranges
+from cmae.config_schema import apply_values, parse_override, read_preset, reject_expanded_braces
+from cmae.errors import ConfigError, InputError, reject_choice
+
+# names that modules and users import from here (the errors and the preset reading live next door)
+__all__ = [
+    "Config", "ConfigError", "DataConfig", "EvalConfig", "FinetuneConfig", "IMAGENET_MEAN", "IMAGENET_STD",
+    "InputError", "MethodConfig", "ModelConfig", "ScheduleConfig", "TrainConfig", "config_from_dict",
+    "load_config", "parse_override", "read_preset", "reject_choice", "save_config", "set_key", "validate",
+]
+
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema; the message names the key."""
-
-
-def reject_choice(what: str, value: Any, choices: typing.Iterable[str]) -> typing.NoReturn:
-    """The one error for a name outside its choices in a direct library call (masking, targets,
-    video backend, protocol); values that come through a config are checked when it loads."""
-    raise ValueError(f"unknown {what} {value!r}; use one of {', '.join(map(repr, choices))}")
-
-
-class InputError(ValueError):
-    """Unusable input data (a malformed list line, an empty list or image folder); the message
-    names the file, and the line where there is one."""
 
 
 @dataclass
@@ -53,7 +55,7 @@ class DataConfig:
     # into num_frames equal segments, a frame from each (TSN's; VideoMAE's fine-tuning on SSv2), sampling_rate unused
     temporal_sampling: Literal["dense", "segment"] = "dense"
     image_size: int = 224
-    # how a sample becomes the method's inputs (cmae.data.views); auto: the method's own sampler
+    # how a sample becomes the method's inputs (data/views.py); auto: the method's own sampler
     views: Literal["auto", "clip", "temporal_shift", "frame_pair"] = "auto"
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # random resized crop area range
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
@@ -88,7 +90,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_base"  # a preset of cmae.models.vit.VIT_PRESETS or cmae.models.convvit.CONVVIT_PRESETS
+    name: str = "vit_base"  # a preset of VIT_PRESETS (models/vit.py) or CONVVIT_PRESETS (models/convvit.py)
     patch_size: int = 0  # 0: the preset's
     tubelet_size: int = 2  # frames per token; 1 for images
     drop_path: float = 0.0
@@ -110,7 +112,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "videomae"  # a method of cmae.methods.METHODS
+    name: str = "videomae"  # a method of the registry METHODS (methods/__init__.py)
     masking: Literal["auto", "tube", "random"] = "auto"  # auto: the method's own (tube for video methods)
     mask_ratio: float = 0.9
     # VideoMAE V2's dual masking: the decoder sees the visible tokens and a random (1 - this) share of
@@ -250,154 +252,16 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _positive(v) -> bool:
-    return v > 0
-
-
-def _non_negative(v) -> bool:
-    return v >= 0
-
-
-def _fraction(v) -> bool:  # [0, 1)
-    return 0 <= v < 1
-
-
-def _unit(v) -> bool:  # [0, 1]
-    return 0 <= v <= 1
-
-
-def _pair(check) -> Any:
-    return lambda v: len(v) == 2 and all(check(x) for x in v) and v[0] <= v[1]
-
-
-# Values the schema's types allow but no run can use, rejected when the config is loaded
-# rather than as a ZeroDivisionError (log_every=0) or a shape error hours later.
-# Enumerated choices (data.views, method.pooling, ...) are `Literal` types, checked with the types.
-_RULES: dict[str, tuple[Any, str]] = {
-    **{key: (_positive, "> 0") for key in (
-        "data.num_frames", "data.sampling_rate", "data.image_size", "model.tubelet_size", "model.decoder_dim",
-        "model.pos_size", "model.decoder_heads", "method.proj_hidden", "method.proj_dim", "method.pred_hidden",
-        "method.temperature", "method.feature_decoder_depth", "method.con_grad_ratio",
-        "train.epochs", "train.batch_size", "train.accum_steps", "train.log_every", "train.save_every",
-        "data.repeat", "data.prefetch_factor",
-        "eval.clips", "eval.crops", "eval.batch_size", "eval.probe_epochs", "eval.probe_batch_size",
-        "eval.knn_k", "eval.knn_temperature", "finetune.batch_size", "finetune.accum_steps")},
-    **{key: (_non_negative, ">= 0") for key in (
-        "data.num_workers", "data.max_shift", "data.pixel_shift", "data.frame_gap", "model.patch_size",
-        "model.decoder_depth", "method.feature_decoder_dim", "method.con_start_epoch", "train.base_lr", "train.lr",
-        "train.min_lr", "train.warmup_epochs", "train.weight_decay", "train.clip_grad", "train.keep_every",
-        "train.max_steps_per_epoch", "model.pos_frames", "train.save_every_steps", "train.keep_checkpoints",
-        "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay",
-        "finetune.base_lr", "finetune.min_lr", "finetune.warmup_epochs", "finetune.weight_decay",
-        "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad",
-        "finetune.epochs")},  # 0: test a fine-tuned file as it is
-    "method.con_weight": (lambda v: v == "grad_ratio" or v >= 0, ">= 0 or grad_ratio"),
-    **{key: (_fraction, "in [0, 1)") for key in (
-        "method.con_balance_smoothing", "data.image_ratio", "model.drop_path", "method.mask_ratio",
-        "method.decoder_mask_ratio", "finetune.drop_path",
-        "finetune.label_smoothing", "finetune.reprob", "finetune.head_dropout")},
-    **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
-    "data.test_crop_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "finetune.randaug_m": (lambda v: 0 <= v <= 10, "in [0, 10] (timm's RandAugment scale)"),
-    "train.device": (lambda v: v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None,
-                     "one of auto, cpu, cuda, cuda:N"),
-    **{key: (lambda v: len(v) == 2 and all(_fraction(x) for x in v), "two values in [0, 1)")
-       for key in ("train.betas", "finetune.betas")},
-    "data.crop_scale": (_pair(lambda x: 0 < x <= 1), "[low, high] with 0 < low <= high <= 1"),
-    "data.crop_ratio": (_pair(_positive), "[low, high] with 0 < low <= high"),
-    "data.mean": (lambda v: len(v) == 3, "three values (R, G, B)"),
-    "data.std": (lambda v: len(v) == 3 and all(_positive(x) for x in v), "three positive values (R, G, B)"),
-    "method.vicreg_weights": (lambda v: len(v) == 3 and all(_non_negative(x) for x in v),
-                              "three values >= 0 (invariance, variance, covariance)"),
-}
-
-
 def validate(config: Config) -> Config:
-    """Raise ConfigError naming the first key whose value is out of its range, or a method
-    name or view sampler that does not fit; resolve `data.views: auto` to the method's."""
-    for key, (check, expected) in _RULES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if not check(value):
-            raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+    """Raise ConfigError naming the first key whose value is out of its range (`RULES`), or keys
+    that do not go together. What needs the method registry (a known `method.name`, `data.views`
+    that fits it, `auto` resolved) is the methods' `resolve_method`'s, which the runs call next."""
+    check_ranges(config)
     measures_grads = config.train.log_term_grads or config.method.con_weight == "grad_ratio"
     if config.train.strategy == "fsdp" and measures_grads:
         raise ConfigError("train.log_term_grads and method.con_weight=grad_ratio measure gradients on the whole "
                           "encoder, which train.strategy=fsdp shards: use ddp")
-    from cmae.methods import METHODS  # here: the methods import this module
-
-    method = METHODS.get(config.method.name)
-    if method is None:
-        raise ConfigError(f"unknown method.name {config.method.name!r}; choose one of: {', '.join(METHODS)}")
-    if config.data.views == "auto":
-        config.data.views = method.view_sampler
-    elif config.data.views != method.view_sampler:
-        raise ConfigError(f"data.views={config.data.views} does not give method {config.method.name!r} its inputs "
-                          f"{list(method.views)}: use {method.view_sampler} (or auto)")
     return config
-
-
-def _check_value(key: str, value: Any, annotation: Any) -> Any:
-    """Return `value` converted to `annotation` or raise ConfigError naming `key`."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(annotation):
-            try:
-                return _check_value(key, value, option)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0])
-    if annotation is type(None):
-        if value is None:
-            return None
-    elif origin is list:
-        (item_type,) = typing.get_args(annotation)
-        if isinstance(value, (list, tuple)):
-            return [_check_value(f"{key}[{i}]", item, item_type) for i, item in enumerate(value)]
-    elif origin is Literal:
-        choices = typing.get_args(annotation)
-        if isinstance(value, str) and value in choices:
-            return value
-        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {value!r}")
-    elif annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif annotation is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    else:  # pragma: no cover - a schema type this checker does not know
-        raise TypeError(f"unsupported config type {annotation} for {key}")
-    name = getattr(annotation, "__name__", str(annotation))
-    raise ConfigError(f"config key '{key}' expects {name}, got {value!r} ({type(value).__name__})")
-
-
-def _apply(section: Any, values: dict[str, Any], prefix: str) -> None:
-    hints = typing.get_type_hints(type(section))
-    for name, value in values.items():
-        key = f"{prefix}{name}"
-        if name not in hints:
-            known = ", ".join(prefix + k for k in hints)
-            raise ConfigError(f"unknown config key '{key}' (known: {known})")
-        current = getattr(section, name)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key '{key}' is a section and needs a mapping, got {value!r}")
-            _apply(current, value, key + ".")
-        else:
-            setattr(section, name, _check_value(key, value, hints[name]))
 
 
 def set_key(config: Config, dotted: str, value: Any) -> None:
@@ -406,75 +270,30 @@ def set_key(config: Config, dotted: str, value: Any) -> None:
     nested: dict[str, Any] = {leaf: value}
     for parent in reversed(parents):
         nested = {parent: nested}
-    _apply(config, nested, "")
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`a.b=value` -> ("a.b", YAML-parsed value), so `2` is an int and `[0.5, 1]` a list."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {text!r} is not of the form key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as error:
-        raise ConfigError(f"override {text!r}: cannot parse the value ({error})") from None
-    return key.strip(), value
-
-
-def read_preset(path: str | Path, _children: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
-    """The YAML mappings of `path` and of the presets it inherits (`base: other.yaml`, relative
-    to its folder), root first: each is laid over the one before."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}" + (f" (the base of {_children[-1]})" if _children else ""))
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    base = values.pop("base", None)
-    if base is None:
-        return [(path, values)]
-    base_path = (path.parent / str(base)).resolve()
-    if base_path in (*_children, path.resolve()):
-        raise ConfigError(f"{path}: base {base!r} makes a cycle")
-    return [*read_preset(base_path, (*_children, path.resolve())), (path, values)]
+    apply_values(config, nested, "")
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults <- YAML file at `path` (after its bases) <- `key=value` overrides, all checked."""
+    """Defaults <- YAML file at `path` (after its bases) <- `key=value` overrides, all checked against the
+    schema and `validate`d; a run then calls the methods' `resolve_method` for what needs the registry."""
     config = Config()
     for preset, values in read_preset(path) if path is not None else []:
         try:
-            _apply(config, values, "")
+            apply_values(config, values, "")
         except ConfigError as error:
             raise ConfigError(f"{preset}: {error}") from None
     parsed = [parse_override(text) for text in overrides]
-    _reject_expanded_braces(parsed)
+    reject_expanded_braces(parsed)
     for key, value in parsed:
         set_key(config, key, value)
     return validate(config)
-
-
-def _reject_expanded_braces(parsed: list[tuple[str, Any]]) -> None:
-    """An unquoted `data.train=DIR/shard-{000000..000099}.tar` reaches us as 100 overrides, one
-    shard each, of which the last would silently win: refuse, and say to quote it."""
-    shards: dict[str, list[str]] = {}
-    for key, value in parsed:
-        if isinstance(value, str) and value.endswith(".tar"):
-            shards.setdefault(key, []).append(value)
-    for key, values in shards.items():
-        if len(values) > 1:
-            raise ConfigError(f"{key} is given {len(values)} times ({values[0]}, {values[1]}, ...): the shell "
-                              f"expanded a brace pattern; quote it: '{key}=DIR/shard-{{000000..000099}}.tar'")
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a Config from `to_dict()` output (e.g. the one stored in a checkpoint). Types are
     checked, ranges are not: a stored config stays loadable; callers validate what they run."""
     config = Config()
-    _apply(config, values, "")
+    apply_values(config, values, "")
     return config
 
 

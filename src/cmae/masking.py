@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from cmae.config import reject_choice
+from cmae.errors import reject_choice
 
 
 class Mask(NamedTuple):

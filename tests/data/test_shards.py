@@ -15,6 +15,7 @@ from cmae.data.loader import close_loader, make_loader, set_loader_epoch
 from cmae.data.shards import ShardStream, deal_shards, expand_pattern, parse_size, write_shards
 from cmae.data.views import build_view
 from cmae.distributed import DistInfo
+from cmae.methods import resolve_method
 from tests.helpers import TINY_INPUT, TINY_MODEL, torchrun_pretrain
 
 
@@ -78,8 +79,8 @@ def test_the_deal_balances_readers_and_changes_each_epoch():
 
 
 def stream_config(synth_dir, workers: int):
-    return load_config("configs/demo/videomae.yaml", [*TINY_INPUT, "data.num_frames=4", f"data.num_workers={workers}",
-                                                      "data.shuffle_buffer=3"])
+    overrides = [*TINY_INPUT, "data.num_frames=4", f"data.num_workers={workers}", "data.shuffle_buffer=3"]
+    return resolve_method(load_config("configs/demo/videomae.yaml", overrides))
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -5,7 +5,7 @@ import torch
 
 from cmae.config import load_config
 from cmae.data.views import build_view
-from cmae.methods import METHODS, Method
+from cmae.methods import METHODS, Method, resolve_method
 from tests.data.test_views import FakeSource
 from tests.helpers import TINY_HEADS, TINY_INPUT, TINY_MODEL
 
@@ -13,8 +13,8 @@ from tests.helpers import TINY_HEADS, TINY_INPUT, TINY_MODEL
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_the_view_sampler_gives_the_method_its_inputs(name):
     frames = "data.num_frames=1" if METHODS[name].view_sampler == "frame_pair" else "data.num_frames=4"
-    config = load_config(None, [*TINY_MODEL, *TINY_HEADS, *TINY_INPUT, frames, f"method.name={name}",
-                                "model.cls_token=true", "model.tubelet_size=1"])
+    config = resolve_method(load_config(None, [*TINY_MODEL, *TINY_HEADS, *TINY_INPUT, frames, f"method.name={name}",
+                                               "model.cls_token=true", "model.tubelet_size=1"]))
     assert config.data.views == METHODS[name].view_sampler  # auto followed the method
     torch.manual_seed(0)
     method = METHODS[name](config)

@@ -370,4 +370,7 @@ VIEWS: dict[str, Callable[[DataConfig, bool], Callable[[FrameSource], dict[str, 
 
 
 def build_view(config: DataConfig, train: bool = True) -> Callable[[FrameSource], dict[str, torch.Tensor]]:
+    if config.views not in VIEWS:  # auto: the data does not know the method; its registry resolves it
+        raise ConfigError(f"data.views={config.views} names no view sampler: resolve it for the method with "
+                          "cmae.methods.resolve_method(config) (pretrain and build_method do)")
     return VIEWS[config.views](config, train)

@@ -10,46 +10,46 @@
 
 Per-iteration cosine schedule with warmup, gradient accumulation (ranks reduce gradients on the last
 micro-batch only), optional clipping, metrics.jsonl and TensorBoard every `log_every` steps.
+
+The run's state (`Job`, `Run`) and its checkpoints (`save_state`, `restore_state`, kept and superseded
+copies) are `cmae.engine.run_state`'s; the stop signals (`StopSignals`, `Preempted`, `EXIT_PREEMPTED`)
+`cmae.engine.signals`'. Their names are importable from here too.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cmae.config import Config, ConfigError, TrainConfig, config_from_dict, save_config
+from cmae.config import Config, ConfigError, TrainConfig, save_config
 from cmae.data.loader import close_loader, make_loader, set_loader_epoch
-from cmae.distributed import (
-    DistInfo,
-    all_reduce_sum,
-    all_true,
-    cleanup,
-    gather_objects,
-    init_distributed,
-)
-from cmae.engine.checkpoint import CheckpointWriteError, load_checkpoint, rng_states, save_checkpoint, set_rng_states
-from cmae.engine.parallel import (
-    compile_model,
-    enable_grad_checkpointing,
-    full_state,
-    gradient_norm,
-    gradient_sync,
-    load_full_state,
-    wrap_method,
+from cmae.distributed import DistInfo, all_reduce_sum, all_true, cleanup, init_distributed
+from cmae.engine.parallel import compile_model, enable_grad_checkpointing, gradient_norm, gradient_sync, wrap_method
+from cmae.engine.run_state import (
+    CHECKPOINT_NAME,
+    KEPT_COPY,
+    MODEL_KEYS,
+    DecodeFailures,
+    Interval,
+    Job,
+    Run,
+    check_resumable,
+    flat_config,
+    keep_copies,
+    link_or_copy,
+    restore_rng,
+    restore_state,
+    save_state,
+    set_aside_later_copies,
+    truncate_metrics,
 )
 from cmae.engine.runtime import (
     MetricsLog,
@@ -61,69 +61,16 @@ from cmae.engine.runtime import (
     to_device,
 )
 from cmae.engine.schedule import cosine_with_warmup
-from cmae.methods.base import Method
+from cmae.engine.signals import EXIT_PREEMPTED, Preempted, StopSignals
 
-CHECKPOINT_NAME = "checkpoint-last.pt"
-KEPT_COPY = re.compile(r"checkpoint-(step)?(\d+)\.pt")  # checkpoint-NNNN.pt (epochs), checkpoint-stepNNNNNNN.pt
-# sysexits.h's EX_TEMPFAIL ("try again later"): the run stopped on SIGTERM / SIGUSR1 after saving
-# its checkpoint, and a requeued job continues it with --resume auto.
-EXIT_PREEMPTED = 75
-# a resumed run must build and feed the same model: keys outside these sections may change
-MODEL_KEYS = ("model.", "method.", "data.num_frames", "data.image_size", "data.views")
-
-
-class Preempted(SystemExit):
-    """Raised on every rank after the checkpoint that SIGTERM / SIGUSR1 asked for is written."""
-
-    def __init__(self, path: Path):
-        super().__init__(EXIT_PREEMPTED)
-        self.path = path
-
-
-class StopSignals:
-    """SIGTERM / SIGUSR1 (SLURM's warnings before preemption or the time limit) set a flag that the
-    loop reads after each step, so the step in flight finishes and the checkpoint is consistent."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.received: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        try:
-            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
-        except ValueError:  # not the main thread: a library caller keeps its own handling
-            self.previous = {}
-        return self
-
-    def handle(self, signum: int, frame) -> None:
-        self.received = signum
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def agreed(self) -> bool:
-        """Whether any rank got a signal (a collective under torchrun: every rank calls it each step)."""
-        return not all_true(self.received is None)
-
-
-@dataclass
-class Job:
-    """What the loop trains, built after the process group is up and the seed is set.
-
-    `train` holds the optimiser/schedule settings: `config.train` for pre-training, the
-    `finetune` section mapped onto a TrainConfig for fine-tuning. Parameter groups may
-    carry an "lr_scale" (layer-wise decay). `finish(method)` runs on every rank after the
-    last epoch (e.g. the test set) and returns entries for the summary.
-    """
-
-    method: Method
-    dataset: Dataset
-    groups: list[dict]
-    train: TrainConfig
-    finish: Callable[[nn.Module], dict[str, Any]] | None = None
+# the loop's own names, and those of the run state and signals that were defined here (importable as before)
+__all__ = [
+    "CHECKPOINT_NAME", "EXIT_PREEMPTED", "KEPT_COPY", "MODEL_KEYS", "DecodeFailures", "Interval", "Job", "Preempted",
+    "Run", "StopSignals", "accumulate_gradients", "check_finite", "check_resumable", "flat_config", "keep_copies",
+    "link_or_copy", "log_step", "make_optimizer", "peak_lr", "per_rank_batch", "restore_rng", "restore_state",
+    "save_due", "save_state", "set_aside_later_copies", "start_run", "summarize", "term_gradient_norms",
+    "train_loop", "train_one_epoch", "truncate_metrics",
+]
 
 
 def per_rank_batch(train: TrainConfig, world_size: int) -> int:
@@ -140,85 +87,6 @@ def per_rank_batch(train: TrainConfig, world_size: int) -> int:
 def peak_lr(train: TrainConfig) -> float:
     """Linear scaling rule: lr = base_lr x global batch / 256, unless lr is set."""
     return train.lr if train.lr > 0 else train.base_lr * train.batch_size / 256
-
-
-class DecodeFailures:
-    """Totals skipped (corrupt) files over workers and ranks; stops the run past the allowed fraction."""
-
-    # Judge the fraction only once enough files were tried, so one bad file early is not fatal.
-    MIN_ATTEMPTS = 100
-
-    def __init__(self, max_fraction: float, repeat: int = 1):
-        self.max_fraction, self.repeat = max_fraction, repeat  # each decode gives `repeat` samples
-        self.failed = 0
-        self.attempted = 0
-        self.pending = torch.zeros(2, dtype=torch.float64)  # this rank's (failed, decoded) since the last check
-
-    def update(self, num_failed: torch.Tensor) -> None:
-        """Count a batch's failures (a CPU tensor from the loader: no device sync, no collective)."""
-        self.pending += torch.stack([num_failed.sum(), torch.tensor(num_failed.numel())]).double() / self.repeat
-
-    def check(self, final: bool = False) -> None:
-        """Total the counts over ranks (a collective: every rank calls it at the same steps) and judge."""
-        counts, self.pending = all_reduce_sum(self.pending), torch.zeros(2, dtype=torch.float64)
-        self.failed += int(counts[0])
-        self.attempted += int(counts[0] + counts[1])
-        if self.attempted == 0 or (self.attempted < self.MIN_ATTEMPTS and not final):
-            return
-        fraction = self.failed / self.attempted
-        if fraction > self.max_fraction:
-            raise RuntimeError(
-                f"{self.failed} of {self.attempted} files could not be decoded ({fraction:.1%} > "
-                f"data.max_failed_fraction={self.max_fraction:.1%}); the warnings above name them"
-            )
-
-
-@dataclass
-class Interval:
-    """Wall time, time spent waiting for the loader, and steps since the last log line."""
-
-    started: float = field(default_factory=time.perf_counter)
-    data_wait: float = 0.0
-    steps: int = 0
-
-
-@dataclass
-class Run:
-    """A run's live state: built by `start_run`, advanced by `train_one_epoch`."""
-
-    config: Config
-    output: Path
-    job: Job
-    device: torch.device
-    dtype: torch.dtype
-    dist_info: DistInfo
-    loader: DataLoader
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    model: nn.Module  # what the loop calls: the method, its DDP wrapper, or the method sharded by FSDP2
-    metrics: MetricsLog
-    failures: DecodeFailures
-    steps_per_epoch: int
-    warmup_steps: int
-    lr_peak: float
-    stop: StopSignals = field(default_factory=StopSignals)
-    start_epoch: int = 0
-    start_epoch_step: int = 0  # steps of start_epoch a mid-epoch checkpoint already took
-    step: int = 0
-    started: float = 0.0
-    # non-finite losses since the last check, kept on the device: checking each step would sync it
-    nonfinite: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
-    last_terms: dict[str, float] = field(default_factory=dict)
-    interval: Interval = field(default_factory=Interval)
-    sample_log: TextIO | None = None  # train.log_samples
-
-    @property
-    def train(self) -> TrainConfig:
-        return self.job.train
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * self.train.epochs
 
 
 def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.device], Job],
@@ -307,35 +175,6 @@ def make_optimizer(groups: list[dict], lr: float, train: TrainConfig) -> torch.o
     per-parameter loop here); FSDP2's sharded parameters take the multi-tensor (foreach) update."""
     fast = {"foreach": True} if train.strategy == "fsdp" else {"fused": True}
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(train.betas), **fast)
-
-
-def restore_state(run: Run, resume: str | Path, override: bool = False) -> None:
-    """Continue a saved run exactly: weights, optimiser, scaler, position and RNG streams."""
-    state = load_checkpoint(resume)
-    check_resumable(run.config, config_from_dict(state["config"]), resume, override)
-    load_full_state(run.model, run.job.method, run.optimizer, state["model"], state["optimizer"])
-    run.scaler.load_state_dict(state["scaler"])
-    run.start_epoch, run.step = state["epoch"], state["step"]
-    run.start_epoch_step = state.get("epoch_step", 0)  # checkpoints before mid-epoch saves: 0
-    if run.start_epoch_step:  # the samples to skip are counted in this run's batches: they must be the saved ones
-        saved = config_from_dict(state["config"])
-        fine_tuning = run.job.method.name == "finetune"
-        batch_key, saved_batch = (("finetune.batch_size", saved.finetune.batch_size) if fine_tuning
-                                  else ("train.batch_size", saved.train.batch_size))
-        for key, now, before in ((batch_key, run.train.batch_size, state.get("batch_size", saved_batch)),
-                                 ("data.repeat", run.config.data.repeat, saved.data.repeat),
-                                 ("data.train", run.config.data.train, saved.data.train)):
-            if now != before:
-                raise ConfigError(f"{resume} was saved mid-epoch with {key}={before}; this run has {now}, so it "
-                                  "cannot tell which samples of the epoch were used: keep the value, or resume "
-                                  "from a checkpoint saved at an epoch's end")
-        if state.get("failed_samples") and hasattr(run.job.dataset, "mark_failed"):  # tar shards: passed over
-            run.job.dataset.mark_failed(state["failed_samples"])
-    run.failures.failed, run.failures.attempted = state.get("decode_failures", (0, 0))  # older checkpoints: none
-    restore_rng(state["rng"], run.dist_info, run.config.train.seed + 1_000_003 * run.start_epoch)
-    if run.dist_info.is_main:
-        truncate_metrics(run.metrics.path, run.step)
-        set_aside_later_copies(run.output, Path(resume), run.step, run.start_epoch)
 
 
 def train_one_epoch(run: Run, epoch: int) -> None:
@@ -485,66 +324,6 @@ def log_step(run: Run, sums: dict[str, torch.Tensor | None], epoch: int, lr: flo
     run.interval = Interval()
 
 
-def save_state(run: Run, epochs_done: int, epoch_step: int) -> None:
-    """checkpoint-last.pt (atomic) after `epochs_done` whole epochs and `epoch_step` steps of the next,
-    a kept copy every `keep_every` epochs and the last `keep_checkpoints` saves; every rank's RNG.
-    A failed write (disk full) stops every rank, naming the file; the previous checkpoint stays."""
-    rng = gather_objects(rng_states())  # every rank's, so each resumes its own stream
-    run.failures.check()  # every rank saves at the same step: the totals so far go into the checkpoint
-    marked = getattr(run.job.dataset, "failed_samples", None)  # tar shards: which members failed, on any rank
-    failed_samples = sorted(set().union(*gather_objects(marked()))) if marked else None
-    weights, optimizer_state = full_state(run.model, run.job.method, run.optimizer)  # every rank: FSDP gathers
-    path, error = run.output / CHECKPOINT_NAME, None
-    if run.dist_info.is_main:
-        try:  # any failure here must reach the collective below, or the other ranks would wait forever
-            save_checkpoint(path, {
-                "model": weights,
-                "optimizer": optimizer_state,
-                "scaler": run.scaler.state_dict(),
-                "epoch": epochs_done,
-                "epoch_step": epoch_step,
-                "step": run.step,
-                "batch_size": run.train.batch_size,  # samples per step: what a mid-epoch resume skips by
-                "rng": rng,
-                "decode_failures": (run.failures.failed, run.failures.attempted),
-                "failed_samples": failed_samples,
-                "config": run.config.to_dict(),
-            })
-            keep_copies(run, path, epochs_done, epoch_step)
-        except Exception as failure:  # noqa: BLE001 - re-raised below, after every rank knows
-            error = failure
-    if not all_true(error is None):
-        if isinstance(error, OSError) and not isinstance(error, CheckpointWriteError):  # a kept copy failed
-            raise CheckpointWriteError(f"could not keep a copy of {path} ({error}); {path} itself was written") \
-                from error
-        raise error or CheckpointWriteError(f"rank 0 could not write {path}; see its error")
-
-
-def keep_copies(run: Run, path: Path, epochs_done: int, epoch_step: int) -> None:
-    """checkpoint-NNNN.pt every `keep_every` epochs (kept for good); checkpoint-stepNNNNNNN.pt for the
-    last `keep_checkpoints` saves (hard links to the written file, so no second copy on disk)."""
-    train = run.train
-    if train.keep_every > 0 and epoch_step == 0 and epochs_done % train.keep_every == 0:
-        kept = run.output / f"checkpoint-{epochs_done:04d}.pt"
-        partial = kept.with_name(f".{kept.name}.tmp")
-        shutil.copy2(path, partial)  # then renamed: a failed copy never leaves a truncated checkpoint
-        os.replace(partial, kept)
-    if train.keep_checkpoints > 0:
-        kept = run.output / f"checkpoint-step{run.step:07d}.pt"
-        kept.unlink(missing_ok=True)
-        link_or_copy(path, kept)
-        for old in sorted(run.output.glob("checkpoint-step*.pt"))[: -train.keep_checkpoints]:
-            old.unlink()
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """A second name for a checkpoint: a hard link (no second copy on disk), else a copy."""
-    try:
-        os.link(source, target)
-    except OSError:  # a file system without hard links
-        shutil.copy2(source, target)
-
-
 def summarize(run: Run) -> dict[str, Any]:
     summary = {"steps": run.step, "epochs": run.train.epochs, "output": str(run.output),
                "failed_files": run.failures.failed, "seconds": round(time.time() - run.started, 1)}
@@ -555,81 +334,3 @@ def summarize(run: Run) -> dict[str, Any]:
         summary["first"], summary["last"] = records[0], records[-1]
         (run.output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def check_resumable(config: Config, saved: Config, path, override: bool = False) -> None:
-    """A resumed run must build and feed the same model (`MODEL_KEYS`); its length, paths, logging and
-    loader settings may change. `override` (`--resume-override`) accepts a difference with a warning."""
-    now, before = flat_config(config), flat_config(saved)
-    changed = [key for key in now if key.startswith(MODEL_KEYS) and now[key] != before.get(key)]
-    if not changed:
-        return
-    listing = ", ".join(f"{key}={now[key]!r} (checkpoint: {before.get(key)!r})" for key in changed)
-    if not override:
-        raise ConfigError(f"cannot resume from {path}: this run changes the model: {listing}; "
-                          "keep the checkpoint's values, or pass --resume-override to continue anyway")
-    warnings.warn(f"resuming from {path} with a changed model (--resume-override): {listing}", stacklevel=3)
-
-
-def flat_config(config: Config) -> dict[str, Any]:
-    """{"section.key": value} of a config."""
-    return {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
-
-
-def restore_rng(saved: list[dict] | dict, dist_info: DistInfo, reseed: int) -> None:
-    """Give each rank back its own RNG streams (masks, augmentations, data-loader seeds).
-
-    A run resumed on a different number of processes cannot continue the old streams:
-    each rank then starts fresh ones from `reseed + rank`, which keeps ranks distinct and
-    the run reproducible, though not identical to an uninterrupted one.
-    """
-    saved = [saved] if isinstance(saved, dict) else saved  # checkpoints before per-rank states
-    if len(saved) == dist_info.world_size:
-        set_rng_states(saved[dist_info.rank])
-        return
-    if dist_info.is_main:
-        warnings.warn(f"the checkpoint holds RNG states of {len(saved)} process(es), this run has "
-                      f"{dist_info.world_size}: starting new random streams (seed {reseed} + rank)", stacklevel=2)
-    seed_everything(reseed + dist_info.rank)
-
-
-def set_aside_later_copies(output: Path, resumed: Path, step: int, epoch: int) -> None:
-    """A run restarted from an older kept checkpoint: move the folder's newer kept copies into
-    output/superseded/stepNNNNNNN (the step resumed at; a new folder each time), since the new run
-    reuses their names and a stale newer step copy would make `keep_checkpoints` delete the run's own
-    saves. checkpoint-last.pt, when it is not the file resumed from, is hard-linked there too: it
-    stays in place for `--resume auto` until the new run's first save. Nothing is deleted; a file
-    that cannot be moved is named in a warning (this runs on rank 0 only: it must not raise)."""
-    later = []
-    for path in output.glob("checkpoint-*.pt"):
-        match = KEPT_COPY.fullmatch(path.name)
-        if match and int(match[2]) > (step if match[1] else epoch):
-            later.append(path)
-    last = output / CHECKPOINT_NAME
-    keep_last = last.is_file() and last.resolve() != resumed.resolve()
-    if not later and not keep_last:
-        return
-    aside = output / "superseded" / f"step{step:07d}"
-    for number in range(2, 1000):
-        if not aside.exists():
-            break
-        aside = aside.with_name(f"step{step:07d}-{number}")
-    try:
-        aside.mkdir(parents=True)
-        for path in later:
-            os.replace(path, aside / path.name)
-        if keep_last:
-            link_or_copy(last, aside / last.name)
-    except OSError as error:
-        warnings.warn(f"could not set aside the kept checkpoints of {output} ({error})", stacklevel=3)
-        return
-    warnings.warn(f"resuming at step {step} from {resumed}: the folder's later checkpoints ({len(later)} kept "
-                  f"cop{'y' if len(later) == 1 else 'ies'}{', and checkpoint-last.pt' if keep_last else ''}) are "
-                  f"now in {aside}", stacklevel=3)
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after the checkpoint a crashed run is resumed from."""
-    if path.exists():
-        kept = [r for r in read_metrics(path) if r["step"] <= step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))

@@ -22,7 +22,7 @@ from cmae.engine.loading import initialize_from
 from cmae.engine.loop import Job, train_loop
 from cmae.engine.schedule import param_groups
 from cmae.interop import load_imported
-from cmae.methods import build_method
+from cmae.methods import build_method, resolve_method
 
 __all__ = ["Job", "pretrain", "train_loop", "training_dataset", "training_samples"]
 
@@ -68,6 +68,7 @@ def pretrain(config: Config, output: str | Path, resume: str | Path | None = Non
     `resume`: a checkpoint, or "auto" (the output folder's, if any); see `train_loop`.
     `init`: start from these weights (cmae, MAE / timm, VideoMAE or Hugging Face; `cmae.interop`);
     a resumed run continues from its checkpoint instead."""
+    resolve_method(config)  # a method name or data.views that does not fit stops the run before any file is read
     imported = initialize_from(init, config) if init is not None else None
 
     def make_job(device: torch.device) -> Job:

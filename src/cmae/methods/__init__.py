@@ -20,10 +20,23 @@ METHODS: dict[str, type[Method]] = {
     "mae_vicreg": MAEVICReg,
 }
 
-__all__ = ["METHODS", "Method", "MethodOutput", "build_method"]
+__all__ = ["METHODS", "Method", "MethodOutput", "build_method", "resolve_method"]
+
+
+def resolve_method(config: Config) -> Config:
+    """The config checks that need the registry, run before any data is read (`pretrain`, the
+    checkpoint loaders and `build_method` call it): `method.name` must be a method, and `data.views`
+    must give it its inputs; `auto` becomes the method's own view sampler. Raises ConfigError."""
+    method = METHODS.get(config.method.name)
+    if method is None:
+        raise ConfigError(f"unknown method.name {config.method.name!r}; choose one of: {', '.join(METHODS)}")
+    if config.data.views == "auto":
+        config.data.views = method.view_sampler
+    elif config.data.views != method.view_sampler:
+        raise ConfigError(f"data.views={config.data.views} does not give method {config.method.name!r} its inputs "
+                          f"{list(method.views)}: use {method.view_sampler} (or auto)")
+    return config
 
 
 def build_method(config: Config) -> Method:
-    if config.method.name not in METHODS:
-        raise ConfigError(f"unknown method.name {config.method.name!r}; choose one of: {', '.join(METHODS)}")
-    return METHODS[config.method.name](config)
+    return METHODS[resolve_method(config).method.name](config)

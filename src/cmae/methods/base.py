@@ -24,8 +24,8 @@ class Method(nn.Module):
     """The contract between a pre-training method and the training loop.
 
     `views` names the batch keys `forward` reads and `view_sampler` the `data.views` value
-    that produces them (`data.views: auto` becomes it when the config loads; another
-    explicit value is a config error). `forward(batch) -> MethodOutput`. The loop calls
+    that produces them (`data.views: auto` becomes it in `resolve_method`, before a run reads
+    data; another explicit value is a config error). `forward(batch) -> MethodOutput`. The loop calls
     `set_epoch(fractional epoch)` before each step (loss-weight schedules) and
     `after_step(step, total_steps)` after each optimiser step (EMA targets); both do
     nothing unless a method needs them. A method whose loss weights follow its gradients
