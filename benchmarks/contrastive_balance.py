@@ -28,8 +28,8 @@ from cmae.engine.pretrain import pretrain
 from cmae.engine.runtime import read_metrics
 
 SETTINGS = {  # name -> overrides; the presets' own numbers, and the rule as the demo presets use it
-    "cmae_v": {"1 (paper)": ["method.con_weight=1"], "grad_ratio 0.5": ["method.con_weight=grad_ratio"]},
-    "vic_mae": {"0.1 (demo before)": ["method.con_weight=0.1"], "grad_ratio 0.5": ["method.con_weight=grad_ratio"]},
+    "cmae_v": {"1 (paper)": ["method.con_weight=1"], "grad_ratio 0.3": ["method.con_weight=grad_ratio", "method.con_grad_ratio=0.3"]},
+    "vic_mae": {"0.03 (demo)": ["method.con_weight=0.03"], "grad_ratio 0.3": ["method.con_weight=grad_ratio", "method.con_grad_ratio=0.3"]},
 }
 # One-frame methods use the image encoder (tubelet 1); every size at the demo's 64 px input.
 SIZE_OVERRIDES = {"vit_small": ["model.patch_size=16"], "vit_base": ["model.patch_size=16"]}
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                           *extra, *overrides]
                 tag = f"{method}-{size}-{setting.split()[0]}"
                 init = measured(output / tag / "init", common, PRESETS / f"{method}.yaml", 1)
-                target = 0.5 if "grad_ratio" in setting else None
+                target = 0.3 if "grad_ratio" in setting else None
                 cells = list(ratio_cells(init, target))
                 row = {"method": method, "size": size, "setting": setting, "init": init}
                 if size in args.init_only:

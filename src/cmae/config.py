@@ -134,7 +134,7 @@ class MethodConfig:
     # lambda_c in L = L_rec + lambda_c * L_con: a number, or grad_ratio: lambda_c is re-measured on logging steps
     # so that |lambda_c * grad L_con| = con_grad_ratio * |grad L_rec| on the shared encoder (docs: methods)
     con_weight: float | Literal["grad_ratio"] = 1.0
-    con_grad_ratio: float = 0.5  # con_weight=grad_ratio: the target ratio of the two gradient norms
+    con_grad_ratio: float = 0.3  # con_weight=grad_ratio: the target ratio of the two gradient norms (demo's choice)
     con_balance_smoothing: float = 0.9  # con_weight=grad_ratio: EMA of lambda_c over measurements (0: the last)
     con_scale_2tau: bool = False  # multiply InfoNCE by 2*tau, as CMAE's code does
     momentum: float = 0.996  # EMA rate of the target encoder and projector
