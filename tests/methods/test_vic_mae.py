@@ -25,7 +25,7 @@ def views(b=4):
 
 
 def test_each_view_gets_its_own_mask():
-    method = make()
+    method = make("method.mask_ratio=0.75")
     seen = []
     method.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
     method(views(4))
