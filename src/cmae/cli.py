@@ -208,6 +208,29 @@ def add_weights_commands(commands) -> None:
     exp.set_defaults(func=cmd_export)
 
 
+def add_evaluations(commands) -> None:
+    """linprobe, knn and finetune: one signature."""
+    protocols = {"linprobe": "linear probe on frozen features", "knn": "weighted kNN on frozen features",
+                 "finetune": "end-to-end fine-tuning"}
+    for name, text in protocols.items():
+        evaluate = commands.add_parser(name, help=text)
+        source = evaluate.add_mutually_exclusive_group(required=True)
+        source.add_argument("--checkpoint", help="a run's checkpoint-last.pt, 'random' (a random-init encoder of "
+                            "--config), or a foreign file / Hugging Face folder (MAE, timm, VideoMAE) with --config")
+        if name == "finetune":
+            source.add_argument("--init", dest="checkpoint", help="the same as --checkpoint: the weights to start from")
+            evaluate.add_argument("--resume", help="a fine-tuning checkpoint to continue from, or 'auto': the output "
+                                  "folder's checkpoint-last.pt if there is one, else a fresh start")
+            evaluate.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that "
+                                  "holds a run, moving that run to a sibling folder")
+        evaluate.add_argument("--output", required=True, help="folder for config.yaml and summary.json")
+        evaluate.add_argument("--config", help="a preset laid over the checkpoint's config (required with random)")
+        evaluate.add_argument("overrides", nargs="*", metavar="key=value",
+                              help="e.g. data.train=LIST data.val=LIST eval.clips=5 eval.label_fraction=0.1")
+        evaluate.set_defaults(func=cmd_evaluate)
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmae", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show Python's traceback for an error")
@@ -252,25 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--keys", nargs="+", help="logged keys to plot (default: loss, loss_rec, loss_con if logged)")
     plot.set_defaults(func=cmd_plot)
 
-    protocols = {"linprobe": "linear probe on frozen features", "knn": "weighted kNN on frozen features",
-                 "finetune": "end-to-end fine-tuning"}
-    for name, text in protocols.items():
-        evaluate = commands.add_parser(name, help=text)
-        source = evaluate.add_mutually_exclusive_group(required=True)
-        source.add_argument("--checkpoint", help="a run's checkpoint-last.pt, 'random' (a random-init encoder of "
-                            "--config), or a foreign file / Hugging Face folder (MAE, timm, VideoMAE) with --config")
-        if name == "finetune":
-            source.add_argument("--init", dest="checkpoint", help="the same as --checkpoint: the weights to start from")
-            evaluate.add_argument("--resume", help="a fine-tuning checkpoint to continue from, or 'auto': the output "
-                                  "folder's checkpoint-last.pt if there is one, else a fresh start")
-            evaluate.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that "
-                                  "holds a run, moving that run to a sibling folder")
-        evaluate.add_argument("--output", required=True, help="folder for config.yaml and summary.json")
-        evaluate.add_argument("--config", help="a preset laid over the checkpoint's config (required with random)")
-        evaluate.add_argument("overrides", nargs="*", metavar="key=value",
-                              help="e.g. data.train=LIST data.val=LIST eval.clips=5 eval.label_fraction=0.1")
-        evaluate.set_defaults(func=cmd_evaluate)
-
+    add_evaluations(commands)
     add_weights_commands(commands)
 
     demo = commands.add_parser("demo", help="the main job end to end on the synthetic data set")
