@@ -125,8 +125,8 @@ def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.dev
             run.metrics.open_tensorboard(config.train.tensorboard,
                                          purge_step=run.step + 1 if resume or restarted else None)
             run.started, run.first_step = time.time(), run.step
-            if run.start_epoch >= run.train.epochs:  # nothing left to train: the finished run's summary stands
-                return summarize(run, write=False)
+            if run.start_epoch >= run.train.epochs:  # nothing left to train: a fine-tuning run tests again,
+                return summarize(run, write=run.job.finish is not None)  # a pre-training run's summary stands
             for epoch in range(run.start_epoch, run.train.epochs):
                 train_one_epoch(run, epoch)
             return summarize(run)
@@ -349,11 +349,12 @@ def print_progress(run: Run, epoch: int, lr: float, clips_per_s: float) -> None:
 
 
 def summarize(run: Run, write: bool = True) -> dict[str, Any]:
-    """The run's summary, written to summary.json and told in one line; `write=False` (a resume with
-    nothing left to train) leaves the finished run's summary.json as it is."""
+    """The run's summary (with the job's `finish`, e.g. fine-tuning's test), written to summary.json and
+    told in one line; `write=False` (a pre-training resume with nothing left to train) leaves the finished
+    run's summary.json as it is."""
     summary = {"steps": run.step, "epochs": run.train.epochs, "output": str(run.output),
                "failed_files": run.failures.failed, "seconds": round(time.time() - run.started, 1)}
-    if run.job.finish is not None and write:
+    if run.job.finish is not None:
         summary.update(run.job.finish(run.job.method))
     if run.dist_info.is_main and (run.output / "metrics.jsonl").exists():
         records = read_metrics(run.output / "metrics.jsonl")
