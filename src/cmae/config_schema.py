@@ -9,6 +9,7 @@ imports nothing of cmae but the errors.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -71,7 +72,9 @@ def apply_values(section: Any, values: dict[str, Any], prefix: str) -> None:
         key = f"{prefix}{name}"
         if name not in hints:
             known = ", ".join(prefix + k for k in hints)
-            raise ConfigError(f"unknown config key '{key}' (known: {known})")
+            close = difflib.get_close_matches(name, list(hints), n=1)
+            hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+            raise ConfigError(f"unknown config key '{key}' ({hint}known: {known})")
         current = getattr(section, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
