@@ -173,3 +173,15 @@ def test_videomae_fine_tuning_presets_follow_the_official_scripts():
         assert config.model.name == "vit_base" and config.model.tubelet_size == 2  # loads official weights alone
     assert (k400.data.temporal_sampling, k400.data.hflip, k400.finetune.epochs, k400.eval.clips) == ("dense", True, 75, 5)
     assert (ssv2.data.temporal_sampling, ssv2.data.hflip, ssv2.finetune.epochs, ssv2.eval.clips) == ("segment", False, 30, 2)
+
+
+def test_an_unknown_key_suggests_the_closest_known_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch' \(did you mean 'train.epochs'\?"):
+        load_config(None, ["train.epoch=2"])
+
+
+def test_a_packaged_preset_loads_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("demo/videomae").method.name == load_config("configs/demo/videomae.yaml").method.name
+    with pytest.raises(ConfigError, match="cmae presets lists them"):
+        load_config("demo/nothing")

@@ -44,7 +44,7 @@ def test_an_image_checkpoint_loads_in_timm_and_matches(synth_dir, tmp_path):
     cli_export(tmp_path / "checkpoint-last.pt", "timm", tmp_path / "timm")
     spec = json.loads((tmp_path / "timm" / "config.json").read_text())
     assert spec["architecture"] == "vit_tiny_patch16_224"
-    model = timm.create_model(spec["architecture"], pretrained=True, **spec["kwargs"],
+    model = timm.create_model(spec["architecture"], pretrained=True, **spec["model_args"], num_classes=spec["num_classes"],
                               pretrained_cfg_overlay={"file": str(tmp_path / "timm" / "model.safetensors")}).eval()
     _, method = load_pretrained(tmp_path / "checkpoint-last.pt")
     image = torch.randn(2, 3, 32, 32)

@@ -1,4 +1,5 @@
-"""The `cmae` command: synth, prepare, pretrain, linprobe, knn, finetune, visualize, plot, extract, export, demo."""
+"""The `cmae` command: synth, prepare, pretrain, linprobe, knn, finetune, visualize, plot, extract, export, demo,
+presets, models."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import os
 import sys
 import time
 
+from cmae import __version__
 from cmae.config import ConfigError, InputError, load_config
 from cmae.engine.checkpoint import CheckpointWriteError
+from cmae.engine.signals import EXIT_INTERRUPTED
 from cmae.interop import WeightsError
 
 
@@ -31,7 +34,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, args.overrides)
     summary = pretrain(config, args.output, resume=args.resume, resume_override=args.resume_override,
-                       init=args.init)
+                       init=args.init, overwrite=args.overwrite)
     if "last" in summary:
         print(json.dumps({k: summary[k] for k in ("steps", "seconds", "first", "last")}, indent=2))
 
@@ -55,7 +58,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.command == "finetune":
         from cmae.engine.finetune import finetune
 
-        summary = finetune(args.checkpoint, args.output, args.config, args.overrides, resume=args.resume)
+        summary = finetune(args.checkpoint, args.output, args.config, args.overrides, resume=args.resume,
+                           overwrite=args.overwrite)
     else:
         from cmae.engine.evaluate import frozen_evaluation
 
@@ -75,6 +79,27 @@ def cmd_export(args: argparse.Namespace) -> None:
     from cmae.export import export
 
     print(f"wrote {export(args.checkpoint, args.format, args.output)}")
+
+
+def cmd_presets(args: argparse.Namespace) -> None:
+    from cmae.config_schema import PRESETS, list_presets
+
+    presets = list_presets()
+    width = max(len(name) for name, _ in presets)
+    for name, description in presets:
+        print(f"{name:<{width}}  {description}")
+    print(f"(in {PRESETS}; give one as --config NAME, from any folder)")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from cmae.models import CONVVIT_PRESETS, VIT_PRESETS
+
+    for name, size in VIT_PRESETS.items():
+        print(f"{name:<20} ViT     width {size.embed_dim:<5} depth {size.depth:<3} heads {size.num_heads:<3} "
+              f"patch {size.patch_size}")
+    for name, conv in CONVVIT_PRESETS.items():
+        print(f"{name:<20} ConvViT widths {'/'.join(map(str, conv.widths))}  depths {'/'.join(map(str, conv.depths))}"
+              "  stride 16")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -151,12 +176,15 @@ def add_prepare(commands) -> None:
 
 def add_pretrain(commands) -> None:
     pre = commands.add_parser("pretrain", help="self-supervised pre-training")
-    pre.add_argument("--config", required=True, help="YAML preset, e.g. configs/demo/videomae.yaml")
+    pre.add_argument("--config", required=True, help="a preset's name (demo/videomae; cmae presets lists them) or a "
+                     "YAML file")
     pre.add_argument("--output", required=True, help="run folder")
     pre.add_argument("--resume", help="checkpoint to continue from (e.g. RUN/checkpoint-last.pt), or 'auto': "
                      "the output folder's checkpoint-last.pt if there is one, else a fresh start (safe in job scripts)")
     pre.add_argument("--init", help="start from these weights: a cmae checkpoint, an MAE / timm / ViC-MAE, official "
                      "VideoMAE or Hugging Face VideoMAE file or folder (the architecture comes from --config)")
+    pre.add_argument("--overwrite", action="store_true",
+                     help="start afresh in an output folder that holds a run, moving that run to a sibling folder")
     pre.add_argument("--resume-override", action="store_true",
                      help="resume even if the config changes the model (model.*, method.*, input size)")
     pre.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
@@ -180,8 +208,33 @@ def add_weights_commands(commands) -> None:
     exp.set_defaults(func=cmd_export)
 
 
+def add_evaluations(commands) -> None:
+    """linprobe, knn and finetune: one signature."""
+    protocols = {"linprobe": "linear probe on frozen features", "knn": "weighted kNN on frozen features",
+                 "finetune": "end-to-end fine-tuning"}
+    for name, text in protocols.items():
+        evaluate = commands.add_parser(name, help=text)
+        source = evaluate.add_mutually_exclusive_group(required=True)
+        source.add_argument("--checkpoint", help="a run's checkpoint-last.pt, 'random' (a random-init encoder of "
+                            "--config), or a foreign file / Hugging Face folder (MAE, timm, VideoMAE) with --config")
+        if name == "finetune":
+            source.add_argument("--init", dest="checkpoint", help="the same as --checkpoint: the weights to start from")
+            evaluate.add_argument("--resume", help="a fine-tuning checkpoint to continue from, or 'auto': the output "
+                                  "folder's checkpoint-last.pt if there is one, else a fresh start")
+            evaluate.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that "
+                                  "holds a run, moving that run to a sibling folder")
+        evaluate.add_argument("--output", required=True, help="folder for config.yaml and summary.json")
+        evaluate.add_argument("--config", help="a preset laid over the checkpoint's config (required with random)")
+        evaluate.add_argument("overrides", nargs="*", metavar="key=value",
+                              help="e.g. data.train=LIST data.val=LIST eval.clips=5 eval.label_fraction=0.1")
+        evaluate.set_defaults(func=cmd_evaluate)
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmae", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show Python's traceback for an error")
+    parser.add_argument("--version", action="version", version=f"cmae {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser("synth", help="write the synthetic action data set (H.264 mp4 + list files)")
@@ -222,23 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--keys", nargs="+", help="logged keys to plot (default: loss, loss_rec, loss_con if logged)")
     plot.set_defaults(func=cmd_plot)
 
-    protocols = {"linprobe": "linear probe on frozen features", "knn": "weighted kNN on frozen features",
-                 "finetune": "end-to-end fine-tuning"}
-    for name, text in protocols.items():
-        evaluate = commands.add_parser(name, help=text)
-        source = evaluate.add_mutually_exclusive_group(required=True)
-        source.add_argument("--checkpoint", help="a run's checkpoint-last.pt, 'random' (a random-init encoder of "
-                            "--config), or a foreign file / Hugging Face folder (MAE, timm, VideoMAE) with --config")
-        if name == "finetune":
-            source.add_argument("--init", dest="checkpoint", help="the same as --checkpoint: the weights to start from")
-            evaluate.add_argument("--resume", help="a fine-tuning checkpoint to continue from, or 'auto': the output "
-                                  "folder's checkpoint-last.pt if there is one, else a fresh start")
-        evaluate.add_argument("--output", required=True, help="folder for config.yaml and summary.json")
-        evaluate.add_argument("--config", help="a preset laid over the checkpoint's config (required with random)")
-        evaluate.add_argument("overrides", nargs="*", metavar="key=value",
-                              help="e.g. data.train=LIST data.val=LIST eval.clips=5 eval.label_fraction=0.1")
-        evaluate.set_defaults(func=cmd_evaluate)
-
+    add_evaluations(commands)
     add_weights_commands(commands)
 
     demo = commands.add_parser("demo", help="the main job end to end on the synthetic data set")
@@ -249,19 +286,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--val-clips", type=int, help="synthetic validation clips (default 640)")
     demo.add_argument("overrides", nargs="*", metavar="key=value")
     demo.set_defaults(func=cmd_demo)
+    commands.add_parser("presets", help="the packaged presets, by name").set_defaults(func=cmd_presets)
+    commands.add_parser("models", help="the encoder names of model.name").set_defaults(func=cmd_models)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a command; bad input is one line naming the problem (exit 2), never a traceback (--debug shows it)."""
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, InputError, WeightsError, FileNotFoundError) as error:
+    except (ConfigError, InputError, WeightsError, FileNotFoundError, CheckpointWriteError) as error:
+        if args.debug:
+            raise
         print(f"cmae {args.command}: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except CheckpointWriteError as error:
-        print(f"cmae {args.command}: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(1 if isinstance(error, CheckpointWriteError) else 2)
+    except KeyboardInterrupt:  # a second Ctrl-C in training, or one outside it
+        if args.debug:
+            raise
+        print(f"cmae {args.command}: interrupted; a run keeps its last checkpoint (continue it with --resume auto)",
+              file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ imports nothing of cmae but the errors.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -71,7 +72,9 @@ def apply_values(section: Any, values: dict[str, Any], prefix: str) -> None:
         key = f"{prefix}{name}"
         if name not in hints:
             known = ", ".join(prefix + k for k in hints)
-            raise ConfigError(f"unknown config key '{key}' (known: {known})")
+            close = difflib.get_close_matches(name, list(hints), n=1)
+            hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+            raise ConfigError(f"unknown config key '{key}' ({hint}known: {known})")
         current = getattr(section, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -93,12 +96,39 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+# the presets shipped inside the package (the repository's configs/ links here)
+PRESETS = Path(__file__).resolve().parent / "configs"
+
+
+def find_preset(path: str | Path) -> Path:
+    """A file that exists, else a packaged preset by name: `demo/videomae`, `configs/demo/videomae.yaml`
+    or `demo/videomae.yaml` all find PRESETS/demo/videomae.yaml, from any folder."""
+    path = Path(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    name = path.as_posix().removeprefix("configs/")
+    for candidate in (PRESETS / name, PRESETS / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return path
+
+
+def list_presets() -> list[tuple[str, str]]:
+    """(name, the first comment line of the file) of every packaged preset."""
+    found = []
+    for path in sorted(PRESETS.rglob("*.yaml")):
+        first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "")
+        found.append((path.relative_to(PRESETS).with_suffix("").as_posix(), first.lstrip("# ").strip()))
+    return found
+
+
 def read_preset(path: str | Path, _children: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
     """The YAML mappings of `path` and of the presets it inherits (`base: other.yaml`, relative
     to its folder), root first: each is laid over the one before."""
-    path = Path(path)
+    path = find_preset(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}" + (f" (the base of {_children[-1]})" if _children else ""))
+        raise ConfigError(f"config file not found: {path}" + (f" (the base of {_children[-1]})" if _children else "")
+                          + ("" if _children else "; give a path, or a packaged preset's name (cmae presets lists them)"))
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

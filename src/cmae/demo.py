@@ -121,7 +121,7 @@ def run_demo(output: str | Path, epochs: int | Mapping[str, int] | None = None, 
                              [f"data.train={data / 'train.txt'}", f"train.epochs={budgets[name]}", *overrides])
         log(f"pre-training {name} ({config.model.name}, {budgets[name]} epochs)")
         t = time.time()
-        summary = pretrain(config, output / name)
+        summary = pretrain(config, output / name, overwrite=True)  # a demo run again: the old runs move aside
         runs[name] = output / name / "checkpoint-last.pt"
         log(f"{name}: loss {summary['first']['loss']:.4f} -> {summary['last']['loss']:.4f} in {time.time() - t:.0f}s")
 

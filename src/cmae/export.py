@@ -11,9 +11,12 @@ of a query, which softmax cancels. Hugging Face builds its position table from t
 written; others are refused, naming the key (export them to timm, or train with that table).
 
 `timm` writes `model.safetensors` (timm's ViT names; the fixed position table written into
-timm's `pos_embed` for `data.image_size`) and `config.json` with the `timm.create_model` name
-and arguments, for image encoders (`model.tubelet_size=1`):
-`timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=DIR/model.safetensors), **kwargs)`.
+timm's `pos_embed` for `data.image_size`) and `config.json` in timm's own layout (`architecture`,
+`model_args`, `pretrained_cfg`), for image encoders (`model.tubelet_size=1`) of any width and depth:
+`timm.create_model("local-dir:DIR")`.
+
+Both folders' config.json also carry a `cmae` entry (the model's config), so `cmae.load_encoder(DIR)`
+reads them back.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 
 from cmae.config import Config, ConfigError
 from cmae.engine.loading import load_pretrained
+from cmae.engine.runtime import readable
 from cmae.models.pos_embed import position_table
 from cmae.models.vit import VIT_PRESETS, VisionTransformer, resample_table
 
@@ -38,12 +42,18 @@ def _encoder(checkpoint: str | Path) -> tuple[Config, VisionTransformer]:
     return config, method.encoder
 
 
-def _save(tensors: dict[str, torch.Tensor], config: dict, output: Path) -> Path:
+def _save(tensors: dict[str, torch.Tensor], config: dict, output: Path, source: Config) -> Path:
+    """model.safetensors and config.json, the latter with the cmae config of the model (`cmae.load_encoder`
+    reads the folder back); files take the user's umask, like any other file they write."""
     from safetensors.torch import save_file
 
     output.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(output / "model.safetensors"))
+    config["cmae"] = {"model": source.to_dict()["model"], "method": source.to_dict()["method"],
+                      "data": {"image_size": source.data.image_size, "num_frames": source.data.num_frames,
+                               "mean": source.data.mean, "std": source.data.std}}
     (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    readable(output / "model.safetensors")
     return output
 
 
@@ -57,7 +67,7 @@ def hf_videomae(checkpoint: str | Path, output: str | Path) -> Path:
     if config.model.cls_token:
         raise ConfigError("model.cls_token=true: Hugging Face's VideoMAE has no class token")
     state = encoder.state_dict()
-    width = encoder.embed_dim
+    width, side = encoder.embed_dim, config.data.image_size
     out = {"embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
            "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
            "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"]}
@@ -84,20 +94,25 @@ def hf_videomae(checkpoint: str | Path, output: str | Path) -> Path:
         "layer_norm_eps": encoder.norm.eps, "qkv_bias": True, "qv_bias": True, "use_mean_pooling": False,
         "initializer_range": 0.02, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
     }
-    return _save(out, hf_config, Path(output))
+    folder = _save(out, hf_config, Path(output), config)
+    (folder / "preprocessor_config.json").write_text(json.dumps({  # VideoMAEImageProcessor.from_pretrained reads it
+        "image_processor_type": "VideoMAEImageProcessor", "do_resize": True, "size": {"shortest_edge": side},
+        "do_center_crop": True, "crop_size": {"height": side, "width": side}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": config.data.mean,
+        "image_std": config.data.std, "resample": 2}, indent=2) + "\n")
+    return folder
 
 
 def timm_name(config: Config, encoder: VisionTransformer) -> str:
-    """timm's architecture name for the encoder's size: vit_base_patch16_224 and the like (the
-    patch size is the encoder's; timm resamples nothing else)."""
+    """timm's architecture name for the encoder's size (vit_base_patch16_224 and the like); for a size
+    timm has no name for, vit_base_patch16_224, whose builder takes the size from `model_args`."""
     preset = VIT_PRESETS[config.model.name]
     for name, size in VIT_PRESETS.items():
         if name.endswith(f"_patch{size.patch_size}") and (size.embed_dim, size.depth, size.num_heads,
                                                            size.mlp_ratio) == (preset.embed_dim, preset.depth,
                                                                                preset.num_heads, preset.mlp_ratio):
             return f"{name.rsplit('_patch', 1)[0]}_patch{encoder.patch_size}_224"
-    raise ConfigError(f"model.name={config.model.name!r}: timm has no ViT of width {encoder.embed_dim} and depth "
-                      f"{encoder.depth}")
+    return "vit_base_patch16_224"
 
 
 def timm_vit(checkpoint: str | Path, output: str | Path) -> Path:
@@ -120,11 +135,17 @@ def timm_vit(checkpoint: str | Path, output: str | Path) -> Path:
            if not k.startswith(("patch_embed.proj.weight", "learned_pos_embed", "cls_pos_embed"))}
     out["patch_embed.proj.weight"] = state["patch_embed.proj.weight"][:, :, 0]  # [D, C, 1, p, p] -> [D, C, p, p]
     out["pos_embed"] = table[None]
-    kwargs = {"num_classes": 0, "img_size": config.data.image_size,
-              "class_token": encoder.cls_token is not None,
-              "global_pool": "token" if encoder.cls_token is not None else "avg", "fc_norm": False}
-    return _save(out, {"architecture": timm_name(config, encoder), "kwargs": kwargs,
-                       "position_table": config.model.pos_embed}, Path(output))
+    size = VIT_PRESETS[config.model.name]
+    model_args = {"img_size": config.data.image_size, "patch_size": encoder.patch_size, "embed_dim": size.embed_dim,
+                  "depth": size.depth, "num_heads": size.num_heads, "mlp_ratio": size.mlp_ratio,
+                  "class_token": encoder.cls_token is not None,
+                  "global_pool": "token" if encoder.cls_token is not None else "avg", "fc_norm": False}
+    # timm's own layout: timm.create_model("local-dir:DIR") builds `architecture` with `model_args`
+    pretrained_cfg = {"input_size": [3, config.data.image_size, config.data.image_size], "mean": config.data.mean,
+                      "std": config.data.std, "num_classes": 0, "crop_pct": config.data.test_crop_ratio}
+    return _save(out, {"architecture": timm_name(config, encoder), "num_classes": 0, "num_features": size.embed_dim,
+                       "model_args": model_args, "pretrained_cfg": pretrained_cfg,
+                       "position_table": config.model.pos_embed}, Path(output), config)
 
 
 def export(checkpoint: str | Path, format: str, output: str | Path) -> Path:

@@ -70,6 +70,7 @@ class Imported:
     pos_frames: int | None = None  # a learned temporal table's length (mae_st)
     notes: list[str] = field(default_factory=list)  # differences the report mentions
     head: dict[str, torch.Tensor] = field(default_factory=dict)  # a fine-tuned file's fc_norm.* and head.*
+    folder_config: dict | None = None  # a folder's config.json (Hugging Face's; a cmae export's "cmae" entry)
 
 
 def _torch_load(path: Path) -> object:
@@ -83,6 +84,9 @@ def _torch_load(path: Path) -> object:
         raise WeightsError(f"{path}: refusing to load: it pickles {what}, and unpickling it could run that "
                            "code (only tensors, containers and argparse.Namespace are read). Save the state "
                            "dict alone (torch.save(model.state_dict(), ...)) or as safetensors") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as error:  # text, truncated or not torch's
+        raise WeightsError(f"{path}: not a weights file torch can read (is it truncated, or another kind of "
+                           f"file?): {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
 
 
 def read_state(path: str | Path) -> tuple[dict, dict | None]:
@@ -326,7 +330,7 @@ def import_weights(path: str | Path) -> Imported:
     if eps != 1e-6:
         notes.append(f"its config's layer_norm_eps is {eps:g}, cmae's 1e-6: outputs differ by about 1e-6 relative")
     return Imported(path, kind, mapper.out, pos_embed, cls_token, ignored, pos_size=pos_size, pos_frames=pos_frames,
-                    notes=notes, head=mapper.head)
+                    notes=notes, head=mapper.head, folder_config=hf_config)
 
 
 def load_imported(method: torch.nn.Module, imported: Imported) -> str:

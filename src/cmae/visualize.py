@@ -244,7 +244,7 @@ def plot_runs(runs: Sequence[str | Path], output: str | Path, keys: Sequence[str
             points = [(row["step"], row[key]) for row in rows if key in row and "step" in row]
             if points:
                 steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, label=label, linewidth=1.2)
+                ax.plot(steps, values, label=label, linewidth=1.2, marker=".")  # one logged point shows too
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

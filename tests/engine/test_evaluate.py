@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from cmae.config import ConfigError, DataConfig, EvalConfig, load_config
+from cmae.config import ConfigError, DataConfig, EvalConfig, InputError, load_config
 from cmae.data.decoding import available_backends
 from cmae.data.lists import read_samples
 from cmae.data.views import MultiViewClips, crop_offsets, evenly_spaced_starts
@@ -105,8 +105,11 @@ def test_feature_cache_follows_the_data_and_leaves_out_bad_files(synth_dir, tiny
     first = frozen_evaluation("knn", checkpoint, tmp_path / "a", overrides=folder_overrides())
     assert (first["num_val"], first["skipped_val"]) == (6, 0)
     (tmp_path / "val" / "c0" / "0.png").write_bytes(b"not a png")  # same root, same file names
+    with pytest.raises(InputError, match=r"1 of 6 files could not be decoded \(16.7% > data.max_failed_fraction"):
+        frozen_evaluation("knn", checkpoint, tmp_path / "b", overrides=folder_overrides())  # pre-training's 5%
     with pytest.warns(UserWarning, match="1 of 6 files could not be decoded"):
-        second = frozen_evaluation("knn", checkpoint, tmp_path / "b", overrides=folder_overrides())
+        second = frozen_evaluation("knn", checkpoint, tmp_path / "b",
+                                   overrides=[*folder_overrides(), "data.max_failed_fraction=0.2"])
     assert (second["num_val"], second["skipped_val"], second["skipped_train"]) == (5, 1, 0)
     (tmp_path / "val" / "c2").mkdir()  # a class the training tree lacks would shift every label
     with pytest.raises(ConfigError, match=r"different classes \(only in train: \[\], only in val: \['c2'\]\)"):

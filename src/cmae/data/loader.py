@@ -80,11 +80,12 @@ def collate_samples(items: list) -> dict:
 
 
 def ignore_preemption_signals(worker_id: int) -> None:
-    """Workers leave SIGTERM / SIGUSR1 to the training process: SLURM signals every process of
+    """Workers leave SIGTERM / SIGUSR1 / SIGINT to the training process: SLURM signals every process of
     a task, and a worker killed by it would crash the loader before the checkpoint is written.
     So multiprocessing's exit handler cannot terminate them either: `close_loader` must."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the loop saves first
 
 
 def close_loader(loader: DataLoader) -> None:

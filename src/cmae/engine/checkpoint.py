@@ -10,12 +10,15 @@ leaves the previous checkpoint intact, and a failed write (disk full) says so.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from cmae.errors import ConfigError
 
 
 def rng_states() -> dict[str, Any]:
@@ -78,4 +81,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as error:
+        raise ConfigError(f"{path}: not a cmae checkpoint torch can read (truncated, or another kind of file?): "
+                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None

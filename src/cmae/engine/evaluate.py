@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cmae.config import Config, ConfigError, EvalConfig, reject_choice, save_config
+from cmae.config import Config, ConfigError, EvalConfig, InputError, reject_choice, save_config
 from cmae.data.dataset import VideoDataset, decoded_items
 from cmae.data.decoding import resolve_backend
 from cmae.data.lists import Sample, check_same_classes, read_samples
@@ -128,7 +128,12 @@ def extract_features(
         labels.append(label)
     encoder.train(was_training)
     features, labels = torch.cat(features), torch.cat(labels)
-    if len(features) < len(samples):
+    failed = len(samples) - len(features)
+    if failed / max(len(samples), 1) > config.data.max_failed_fraction:
+        raise InputError(f"{failed} of {len(samples)} files could not be decoded ({failed / len(samples):.1%} > "
+                         f"data.max_failed_fraction={config.data.max_failed_fraction:.1%}); the warnings above name "
+                         "them (cmae prepare ... --check lists them all)")
+    if failed:
         warnings.warn(f"{len(samples) - len(features)} of {len(samples)} files could not be decoded "
                       "and are left out of the evaluation (the warnings above name them)", stacklevel=2)
     return features, labels

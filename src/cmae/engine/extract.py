@@ -20,7 +20,7 @@ from cmae.data.lists import read_samples
 from cmae.distributed import cleanup, gather_objects, init_distributed
 from cmae.engine.evaluate import feature_batches
 from cmae.engine.loading import load_pretrained
-from cmae.engine.runtime import resolve_device
+from cmae.engine.runtime import readable, resolve_device
 
 
 def extract(checkpoint: str | Path, output: str | Path, config_path: str | Path | None = None,
@@ -52,6 +52,7 @@ def extract(checkpoint: str | Path, output: str | Path, config_path: str | Path 
                        "indices": indices[order].contiguous()}, str(output),
                       metadata={"checkpoint": str(checkpoint), "list": config.data.val,
                                 "feature": config.eval.feature, "views": str(config.eval.clips * config.eval.crops)})
+            readable(Path(output))
             summary.update(extracted=len(indices), dim=features.shape[1])
         return summary
     finally:

@@ -145,9 +145,10 @@ def finetune_train_config(config: Config) -> TrainConfig:
 
 
 def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path | None = None,
-             overrides: Sequence[str] = (), resume: str | Path | None = None) -> dict[str, Any]:
+             overrides: Sequence[str] = (), resume: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune a checkpoint's encoder (or a random one) on data.train, test on data.val.
-    `resume`: a fine-tuning checkpoint to continue from, or "auto" (see `train_loop`)."""
+    `resume`: a fine-tuning checkpoint to continue from, or "auto"; `overwrite`: move a run in `output`
+    aside (see `train_loop`)."""
     config, method, head = load_with_head(checkpoint, config_path, overrides)
     ft = config.finetune
     test_only = ft.epochs == 0
@@ -203,7 +204,7 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
 
         return Job(objective, dataset, layer_decay_groups(classifier, ft.weight_decay, ft.layer_decay), train, finish)
 
-    return train_loop(config, output, make_job, resume)
+    return train_loop(config, output, make_job, resume, overwrite=overwrite)
 
 
 def classes_and_head(checkpoint, head: dict[str, torch.Tensor], labels: list[int], feature: str,

@@ -19,6 +19,7 @@ copies) are `cmae.engine.run_state`'s; the stop signals (`StopSignals`, `Preempt
 from __future__ import annotations
 
 import json
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from cmae.config import Config, ConfigError, TrainConfig, save_config
 from cmae.data.loader import close_loader, make_loader, set_loader_epoch
 from cmae.distributed import DistInfo, all_reduce_sum, all_true, cleanup, init_distributed
 from cmae.engine.parallel import compile_model, enable_grad_checkpointing, gradient_norm, gradient_sync, wrap_method
+from cmae.engine.run_folder import claim_output
 from cmae.engine.run_state import (
     CHECKPOINT_NAME,
     KEPT_COPY,
@@ -90,19 +92,21 @@ def peak_lr(train: TrainConfig) -> float:
 
 
 def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.device], Job],
-               resume: str | Path | None = None, resume_override: bool = False) -> dict[str, Any]:
+               resume: str | Path | None = None, resume_override: bool = False,
+               overwrite: bool = False) -> dict[str, Any]:
     """Train `make_job(device)`'s method; returns the summary (also written to summary.json).
 
     `resume`: a checkpoint to continue from, or "auto" (the output folder's checkpoint-last.pt
-    when there is one, else a fresh start). `resume_override` accepts a checkpoint whose model
-    settings differ from this config's. Raises `Preempted` (exit status 75) after the checkpoint
-    that SIGTERM / SIGUSR1 asked for.
+    when there is one, else a fresh start). A folder that holds a run is never reused silently:
+    without `resume` it is an error, unless `overwrite` moves the old run aside (`run_folder`).
+    `resume_override` accepts a checkpoint whose model settings differ from this config's. Raises
+    `Preempted` (exit status 75; 130 for Ctrl-C) after the checkpoint a signal asked for.
     """
     output = Path(output)
-    if resume == "auto":
-        resume = output / CHECKPOINT_NAME if (output / CHECKPOINT_NAME).is_file() else None
     device = resolve_device(config.train.device)
     dist_info = init_distributed(device)
+    restarted = resume == "auto" and not (output / CHECKPOINT_NAME).is_file()  # a run that never saved
+    resume = claim_output(output, resume, overwrite, dist_info.is_main)
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
@@ -114,10 +118,15 @@ def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.dev
             run.stop = stop
             if resume is not None:
                 restore_state(run, resume, resume_override)
+            elif restarted and dist_info.is_main:
+                truncate_metrics(run.metrics.path, 0)  # what a run that never saved logged goes
             if dist_info.is_main:
                 save_config(config, output / "config.yaml")
-            run.metrics.open_tensorboard(config.train.tensorboard, purge_step=run.step + 1 if resume else None)
-            run.started = time.time()
+            run.metrics.open_tensorboard(config.train.tensorboard,
+                                         purge_step=run.step + 1 if resume or restarted else None)
+            run.started, run.first_step = time.time(), run.step
+            if run.start_epoch >= run.train.epochs:  # nothing left to train: a fine-tuning run tests again,
+                return summarize(run, write=run.job.finish is not None)  # a pre-training run's summary stands
             for epoch in range(run.start_epoch, run.train.epochs):
                 train_one_epoch(run, epoch)
             return summarize(run)
@@ -164,7 +173,8 @@ def start_run(config: Config, output: Path, make_job: Callable[[torch.device], J
     sample_log = (output / f"samples-rank{dist_info.rank}.txt").open("a") if train.log_samples else None
     return Run(config, output, job, device, dtype, dist_info, loader, optimizer, scaler, model,
                metrics=MetricsLog(output / "metrics.jsonl", enabled=dist_info.is_main),
-               failures=DecodeFailures(config.data.max_failed_fraction, getattr(job.dataset, "repeat", 1)),
+               failures=DecodeFailures(config.data.max_failed_fraction, getattr(job.dataset, "repeat", 1),
+                                       len(job.dataset) if hasattr(job.dataset, "samples") else None),
                steps_per_epoch=steps_per_epoch,
                warmup_steps=train.warmup_epochs * steps_per_epoch, lr_peak=lr_peak,
                nonfinite=torch.zeros((), device=device), sample_log=sample_log)
@@ -227,10 +237,12 @@ def train_one_epoch(run: Run, epoch: int) -> None:
             save_state(run, epoch + 1, 0) if last_step else save_state(run, epoch, index + 1)
         if stopping:
             bar.close()
+            stopped = Preempted(run.output / CHECKPOINT_NAME, run.stop.received)
             if run.dist_info.is_main:
-                print(f"stopped by signal {run.stop.received or 'on another rank'} at step {run.step}; "
-                      f"resume with --resume auto (exit status {EXIT_PREEMPTED})", flush=True)
-            raise Preempted(run.output / CHECKPOINT_NAME)
+                print(f"stopped by signal {run.stop.received or 'on another rank'} at step {run.step}; checkpoint "
+                      f"{stopped.path}: continue with the same command and --resume auto (exit status "
+                      f"{stopped.code})", flush=True)
+            raise stopped
     bar.close()
     run.failures.check(final=True)
     if run.dist_info.is_main:
@@ -258,7 +270,7 @@ def accumulate_gradients(run: Run, batches, epoch: int, measure: bool = False
         waiting = time.perf_counter()
         data = next(batches)
         run.interval.data_wait += time.perf_counter() - waiting
-        run.failures.update(data["num_failed"])
+        run.failures.update(data["num_failed"], data["index"])
         if run.sample_log is not None:
             run.sample_log.write(f"{epoch} {run.step} {' '.join(map(str, data['index'].tolist()))}\n")
         data = to_device(data, run.device)
@@ -319,12 +331,27 @@ def log_step(run: Run, sums: dict[str, torch.Tensor | None], epoch: int, lr: flo
         timing["loss_scale"] = float(run.scaler.get_scale())
     run.metrics.write({"step": run.step, "epoch": epoch, **run.last_terms, "lr": lr,
                        **{k: round(v, 6) for k, v in timing.items()}, "time": round(time.time() - run.started, 2)})
+    if run.dist_info.is_main and bar.disable:  # no terminal (sbatch, nohup, a pipe): a plain line for the log
+        print_progress(run, epoch, lr, timing["clips_per_s"])
     bar.set_postfix(loss=f"{run.last_terms['loss']:.4f}", lr=f"{lr:.2e}", clips_s=f"{timing['clips_per_s']:.1f}",
                     data_wait=f"{timing['data_wait']:.0%}")
     run.interval = Interval()
 
 
-def summarize(run: Run) -> dict[str, Any]:
+def print_progress(run: Run, epoch: int, lr: float, clips_per_s: float) -> None:
+    """One line to stderr: step, loss terms, lr, throughput and the time left at this step's pace."""
+    elapsed = time.time() - run.started
+    done = run.step - run.first_step
+    eta = elapsed / max(done, 1) * (run.total_steps - run.step)
+    terms = "  ".join(f"{k} {v:.4f}" for k, v in run.last_terms.items() if not k.startswith("grad_norm_"))
+    print(f"step {run.step}/{run.total_steps}  epoch {epoch + 1}/{run.train.epochs}  {terms}  lr {lr:.2e}  "
+          f"{clips_per_s:.1f} clips/s  eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+
+
+def summarize(run: Run, write: bool = True) -> dict[str, Any]:
+    """The run's summary (with the job's `finish`, e.g. fine-tuning's test), written to summary.json and
+    told in one line; `write=False` (a pre-training resume with nothing left to train) leaves the finished
+    run's summary.json as it is."""
     summary = {"steps": run.step, "epochs": run.train.epochs, "output": str(run.output),
                "failed_files": run.failures.failed, "seconds": round(time.time() - run.started, 1)}
     if run.job.finish is not None:
@@ -332,5 +359,11 @@ def summarize(run: Run) -> dict[str, Any]:
     if run.dist_info.is_main and (run.output / "metrics.jsonl").exists():
         records = read_metrics(run.output / "metrics.jsonl")
         summary["first"], summary["last"] = records[0], records[-1]
-        (run.output / "summary.json").write_text(json.dumps(summary, indent=2))
+        if write:
+            (run.output / "summary.json").write_text(json.dumps(summary, indent=2))
+            print(f"done: {run.step} steps in {summary['seconds']:.0f}s, loss {records[0]['loss']:.4f} -> "
+                  f"{records[-1]['loss']:.4f}; {run.output / CHECKPOINT_NAME}", file=sys.stderr, flush=True)
+        else:
+            print(f"{run.output} is already trained to epoch {run.train.epochs} (step {run.step}); nothing to do",
+                  file=sys.stderr, flush=True)
     return summary

@@ -63,11 +63,11 @@ def training_dataset(config: Config, device: torch.device | None = None) -> Vide
 
 
 def pretrain(config: Config, output: str | Path, resume: str | Path | None = None,
-             resume_override: bool = False, init: str | Path | None = None) -> dict[str, Any]:
+             resume_override: bool = False, init: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Pre-train `config.method` and return a summary (steps, first/last logged losses, paths).
     `resume`: a checkpoint, or "auto" (the output folder's, if any); see `train_loop`.
     `init`: start from these weights (cmae, MAE / timm, VideoMAE or Hugging Face; `cmae.interop`);
-    a resumed run continues from its checkpoint instead."""
+    a resumed run continues from its checkpoint instead. `overwrite` moves a run already in `output` aside."""
     resolve_method(config)  # a method name or data.views that does not fit stops the run before any file is read
     imported = initialize_from(init, config) if init is not None else None
 
@@ -81,4 +81,4 @@ def pretrain(config: Config, output: str | Path, resume: str | Path | None = Non
         method = method.to(device)
         return Job(method, dataset, param_groups(method, config.train.weight_decay), config.train)
 
-    return train_loop(config, output, make_job, resume, resume_override)
+    return train_loop(config, output, make_job, resume, resume_override, overwrite)

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -21,15 +22,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cmae.config import Config, ConfigError, TrainConfig, config_from_dict
+from cmae.config import Config, ConfigError, InputError, TrainConfig, config_from_dict
 from cmae.distributed import DistInfo, all_reduce_sum, all_true, gather_objects
 from cmae.engine.checkpoint import CheckpointWriteError, load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from cmae.engine.parallel import full_state, load_full_state
+from cmae.engine.run_folder import CHECKPOINT_NAME
 from cmae.engine.runtime import MetricsLog, read_metrics, seed_everything
 from cmae.engine.signals import StopSignals
 from cmae.methods.base import Method
 
-CHECKPOINT_NAME = "checkpoint-last.pt"
 KEPT_COPY = re.compile(r"checkpoint-(step)?(\d+)\.pt")  # checkpoint-NNNN.pt (epochs), checkpoint-stepNNNNNNN.pt
 
 # a resumed run must build and feed the same model: keys outside these sections may change
@@ -54,33 +55,49 @@ class Job:
 
 
 class DecodeFailures:
-    """Totals skipped (corrupt) files over workers and ranks; stops the run past the allowed fraction."""
+    """Counts the files that failed to decode, over workers and ranks; stops the run past the allowed fraction.
+
+    With `num_files` (a list's files: a failed item stood in for the files just before it), each bad file
+    counts once however often it is tried, against the data set's size, so the run stops as soon as the
+    bad files already exceed the fraction. Without (tar shards), failures and attempts are summed."""
 
     # Judge the fraction only once enough files were tried, so one bad file early is not fatal.
     MIN_ATTEMPTS = 100
 
-    def __init__(self, max_fraction: float, repeat: int = 1):
+    def __init__(self, max_fraction: float, repeat: int = 1, num_files: int | None = None):
         self.max_fraction, self.repeat = max_fraction, repeat  # each decode gives `repeat` samples
+        self.num_files = num_files
         self.failed = 0
         self.attempted = 0
         self.pending = torch.zeros(2, dtype=torch.float64)  # this rank's (failed, decoded) since the last check
+        self.bad: set[int] = set()  # with num_files: the positions of the files found bad (all ranks, after check)
+        self.new_bad: set[int] = set()  # this rank's, since the last check
 
-    def update(self, num_failed: torch.Tensor) -> None:
-        """Count a batch's failures (a CPU tensor from the loader: no device sync, no collective)."""
+    def update(self, num_failed: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """Count a batch's failures (CPU tensors from the loader: no device sync, no collective)."""
         self.pending += torch.stack([num_failed.sum(), torch.tensor(num_failed.numel())]).double() / self.repeat
+        if self.num_files and index is not None and bool(num_failed.any()):
+            for position, tries in zip(index.tolist(), num_failed.tolist(), strict=True):
+                self.new_bad.update((position - k) % self.num_files for k in range(1, tries + 1))
 
     def check(self, final: bool = False) -> None:
         """Total the counts over ranks (a collective: every rank calls it at the same steps) and judge."""
         counts, self.pending = all_reduce_sum(self.pending), torch.zeros(2, dtype=torch.float64)
-        self.failed += int(counts[0])
-        self.attempted += int(counts[0] + counts[1])
-        if self.attempted == 0 or (self.attempted < self.MIN_ATTEMPTS and not final):
+        if self.num_files:
+            self.bad.update(*gather_objects(self.new_bad))
+            self.new_bad = set()
+            self.failed, self.attempted = len(self.bad), self.num_files
+        else:
+            self.failed += int(counts[0])
+            self.attempted += int(counts[0] + counts[1])
+        if self.attempted == 0 or (self.attempted < self.MIN_ATTEMPTS and not final and not self.num_files):
             return
         fraction = self.failed / self.attempted
         if fraction > self.max_fraction:
-            raise RuntimeError(
+            raise InputError(
                 f"{self.failed} of {self.attempted} files could not be decoded ({fraction:.1%} > "
-                f"data.max_failed_fraction={self.max_fraction:.1%}); the warnings above name them"
+                f"data.max_failed_fraction={self.max_fraction:.1%}); the warnings above name them "
+                "(cmae prepare ... --check lists them all)"
             )
 
 
@@ -116,6 +133,7 @@ class Run:
     start_epoch: int = 0
     start_epoch_step: int = 0  # steps of start_epoch a mid-epoch checkpoint already took
     step: int = 0
+    first_step: int = 0  # the step this process started (or resumed) at: the ETA's pace counts from it
     started: float = 0.0
     # non-finite losses since the last check, kept on the device: checking each step would sync it
     nonfinite: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
@@ -155,10 +173,23 @@ def restore_state(run: Run, resume: str | Path, override: bool = False) -> None:
         if state.get("failed_samples") and hasattr(run.job.dataset, "mark_failed"):  # tar shards: passed over
             run.job.dataset.mark_failed(state["failed_samples"])
     run.failures.failed, run.failures.attempted = state.get("decode_failures", (0, 0))  # older checkpoints: none
+    run.failures.bad = set(state.get("bad_files", []))
     restore_rng(state["rng"], run.dist_info, run.config.train.seed + 1_000_003 * run.start_epoch)
     if run.dist_info.is_main:
         truncate_metrics(run.metrics.path, run.step)
         set_aside_later_copies(run.output, Path(resume), run.step, run.start_epoch)
+        print(f"resumed from {resume} at step {run.step} (epoch {run.start_epoch + 1})", file=sys.stderr, flush=True)
+        warn_schedule_change(run, state, resume)
+
+
+def warn_schedule_change(run: Run, state: dict[str, Any], resume: str | Path) -> None:
+    """A longer or shorter run stretches the cosine schedule, so the learning rate jumps: say so."""
+    saved = config_from_dict(state["config"])
+    before = saved.finetune.epochs if run.job.method.name == "finetune" else saved.train.epochs
+    if before != run.train.epochs:
+        warnings.warn(f"resuming {resume} with {run.train.epochs} epochs ({run.total_steps} steps) instead of its "
+                      f"{before} ({run.steps_per_epoch * before} steps): the cosine schedule is stretched to the new "
+                      "total, so the learning rate moves from where the old schedule left it", stacklevel=3)
 
 
 def save_state(run: Run, epochs_done: int, epoch_step: int) -> None:
@@ -183,6 +214,7 @@ def save_state(run: Run, epochs_done: int, epoch_step: int) -> None:
                 "batch_size": run.train.batch_size,  # samples per step: what a mid-epoch resume skips by
                 "rng": rng,
                 "decode_failures": (run.failures.failed, run.failures.attempted),
+                "bad_files": sorted(run.failures.bad),
                 "failed_samples": failed_samples,
                 "config": run.config.to_dict(),
             })

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,11 @@ class MetricsLog:
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def readable(path: Path) -> None:
+    """Give a written file the mode the umask allows (0644 by default): safetensors writes 0600, which
+    colleagues on a shared cluster cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)

@@ -10,6 +10,7 @@ from cmae.methods.mae_simsiam import MAESimSiam
 from cmae.methods.mae_vicreg import MAEVICReg
 from cmae.methods.vic_mae import ViCMAE
 from cmae.methods.videomae import VideoMAE
+from cmae.models import check_input_size
 
 METHODS: dict[str, type[Method]] = {
     "mae": MAE,
@@ -26,7 +27,8 @@ __all__ = ["METHODS", "Method", "MethodOutput", "build_method", "resolve_method"
 def resolve_method(config: Config) -> Config:
     """The config checks that need the registry, run before any data is read (`pretrain`, the
     checkpoint loaders and `build_method` call it): `method.name` must be a method, and `data.views`
-    must give it its inputs; `auto` becomes the method's own view sampler. Raises ConfigError."""
+    must give it its inputs; `auto` becomes the method's own view sampler; the input size must cut
+    into the encoder's patches and tubelets. Raises ConfigError."""
     method = METHODS.get(config.method.name)
     if method is None:
         raise ConfigError(f"unknown method.name {config.method.name!r}; choose one of: {', '.join(METHODS)}")
@@ -35,6 +37,7 @@ def resolve_method(config: Config) -> Config:
     elif config.data.views != method.view_sampler:
         raise ConfigError(f"data.views={config.data.views} does not give method {config.method.name!r} its inputs "
                           f"{list(method.views)}: use {method.view_sampler} (or auto)")
+    check_input_size(config.model, config.data.image_size, config.data.num_frames)
     return config
 
 

@@ -9,6 +9,7 @@ from cmae.models.vit import VIT_PRESETS, VisionTransformer
 
 __all__ = [
     "ConvViT", "CONVVIT_PRESETS", "PixelDecoder", "VisionTransformer", "VIT_PRESETS", "build_encoder", "ENCODER_NAMES",
+    "check_input_size",
 ]
 
 ENCODER_NAMES = tuple(VIT_PRESETS) + tuple(CONVVIT_PRESETS)
@@ -35,6 +36,20 @@ def build_encoder(config: ModelConfig) -> VisionTransformer | ConvViT:
         pos_size=config.pos_size,
         pos_frames=config.pos_frames,
     )
+
+
+def check_input_size(config: ModelConfig, image_size: int, num_frames: int) -> None:
+    """Frames must cut into whole patches and tubelets, or the first forward pass fails deep in a
+    convolution: say which key, at start. One frame (an image) is repeated to the tubelet size."""
+    if config.name not in ENCODER_NAMES:
+        raise ConfigError(f"unknown model.name {config.name!r}; choose one of: {', '.join(ENCODER_NAMES)} "
+                          "(cmae models lists them)")
+    patch = 16 if config.name in CONVVIT_PRESETS else config.patch_size or VIT_PRESETS[config.name].patch_size
+    if image_size % patch:
+        raise ConfigError(f"data.image_size={image_size} is not a multiple of {config.name}'s patch size {patch}: "
+                          f"use {image_size - image_size % patch or patch} or {image_size - image_size % patch + patch}")
+    if num_frames > 1 and num_frames % config.tubelet_size:
+        raise ConfigError(f"data.num_frames={num_frames} is not a multiple of model.tubelet_size={config.tubelet_size}")
 
 
 def _build_convvit(config: ModelConfig) -> ConvViT:
