@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job end to end on the synthetic data set")
     demo.add_argument("--output", default="runs/demo")
     demo.add_argument("--epochs", type=int, help="pre-training epochs of every method (default: equal wall time, "
-                      "videomae 6, cmae_v 3, vic_mae 11, mae 18)")
+                      "videomae 6, cmae_v 3, vic_mae 18, mae 18)")
     demo.add_argument("--train-clips", type=int, help="synthetic training clips (default 1600)")
     demo.add_argument("--val-clips", type=int, help="synthetic validation clips (default 640)")
     demo.add_argument("overrides", nargs="*", metavar="key=value")

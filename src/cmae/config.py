@@ -104,7 +104,7 @@ class ModelConfig:
     # the encoder's linear layers and patch projection: normal = N(0, 0.02) at every width (Hugging Face's
     # VideoMAE, BEiT) | xavier (MAE's and VideoMAE's code: larger draws at small widths, which learn less)
     init: Literal["xavier", "normal"] = "normal"
-    decoder_init: Literal["xavier", "normal"] = "xavier"  # the pixel decoder's: MAE, VideoMAE | Hugging Face; README
+    decoder_init: Literal["xavier", "normal"] = "xavier"  # the pixel decoder's: MAE, VideoMAE | Hugging Face (docs: results)
     decoder_dim: int = 384
     decoder_depth: int = 4
     decoder_heads: int = 6

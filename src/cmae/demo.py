@@ -30,9 +30,10 @@ TASKS = {
     "color": ("train_color.txt", "val_color.txt", ["data.num_frames=1"]),
 }
 CHANCE = {"motion": 100 / len(MOTION_CLASSES), "color": 100 / len(COLOR_CLASSES)}
-# Video budgets equal in wall time (README, "The demo"): on 2 CPU cores 6 epochs of videomae (300
-# steps of 32 clips) take about as long as 3 of cmae_v. The frame-level pair, vic_mae against mae, gets
-# equal steps (900), a rule fixed before its sweep, so that their difference is the contrastive term's.
+# Video budgets equal in wall time (docs/results.md, "The demo"): on 2 CPU cores 6 epochs of videomae
+# (300 steps of 32 clips) take about as long as 3 of cmae_v. The frame-level pair, vic_mae against mae,
+# gets equal steps (900), a rule fixed before its sweep, so that their difference is the method's and
+# not its budget's.
 # The whole demo stays under 10 minutes.
 DEMO_EPOCHS = {"videomae": 6, "cmae_v": 3, "vic_mae": 18, "mae": 18}
 # Distractors share the main object's shape and colours, so a frame's appearance labels are unambiguous.

@@ -6,7 +6,7 @@ Each video becomes H.264 (yuv420p, CRF 23, x264's "veryfast" preset) in an mp4 w
 a keyframe every `keyframe_interval` frames: a clip read seeks to the keyframe before
 its first frame and decodes from there, so a short interval caps that waste, where x264's
 default (250) decodes most of a 10-second clip for every read. The cost is a larger file:
-measured here (README, "Preparing real data"), 32 reads a VideoMAE clip as fast as 16 and
+measured here (docs/results.md, "Re-encoding for training"), 32 reads a VideoMAE clip as fast as 16 and
 twice as fast as 250, in files 1.4x the size of 250's where 16's are 2x.
 Frames are never scaled up, timestamps (variable frame rate) are kept, a rotation flag is
 applied to the pixels (so readers that ignore it, such as decord, see the upright video),
