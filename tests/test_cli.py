@@ -123,7 +123,7 @@ def test_an_input_size_that_does_not_cut_into_patches_is_one_line_before_any_fol
     assert not (tmp_path / "run").exists()
 
 
-def test_a_checkpoint_that_is_no_checkpoint_is_one_line(finished_run, synth_dir, tmp_path):
+def test_a_checkpoint_or_resume_file_that_is_no_checkpoint_is_one_line(finished_run, synth_dir, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not weights\n")
     truncated = tmp_path / "truncated.pt"
@@ -132,7 +132,9 @@ def test_a_checkpoint_that_is_no_checkpoint_is_one_line(finished_run, synth_dir,
         line = one_line_error(cmae("knn", "--checkpoint", bad, "--output", tmp_path / "knn",
                                    f"data.train={synth_dir / 'train.txt'}", f"data.val={synth_dir / 'val.txt'}"))
         assert str(bad) in line
-    assert not (tmp_path / "knn").exists()
+        line = one_line_error(pretrain(tmp_path / "run", tiny_overrides(synth_dir), "--resume", bad))
+        assert str(bad) in line, line
+    assert not (tmp_path / "knn").exists() and not (tmp_path / "run").exists()
 
 
 def test_a_preset_of_another_method_over_a_checkpoint_is_one_line(finished_run, tmp_path):
@@ -163,3 +165,26 @@ def test_presets_and_models_are_listed(tmp_path):
     assert "pretrain/cmae_v_vit_b_k400" in presets.stdout
     models = cmae("models")
     assert models.returncode == 0 and "vit_pico_p4" in models.stdout and "vit_base" in models.stdout
+
+
+def test_prepare_check_names_each_file_that_does_not_decode(synth_dir, tmp_path):
+    """Real clips with a text file and a truncated mp4 among them: two lines naming them, a count, exit 1;
+    the clean list alone passes."""
+    clips = [f"{synth_dir / line.split()[0]} {line.split()[1]}" for line in
+             (synth_dir / "val.txt").read_text().splitlines()[:4]]
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes((synth_dir / clips[0].split()[0]).read_bytes()[:600])
+    listed = tmp_path / "val.txt"
+    listed.write_text("\n".join([*clips[:2], f"{text} 0", *clips[2:], f"{truncated} 1"]) + "\n")
+    result = cmae("prepare", "check", listed, "--workers", "2")
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].startswith(str(text)) and lines[1].startswith(str(truncated)), lines
+    assert lines[2] == "2 of 6 files do not decode"
+    clean = tmp_path / "clean.txt"
+    clean.write_text("\n".join(clips) + "\n")
+    result = cmae("prepare", "check", clean)
+    assert result.returncode == 0 and result.stdout.splitlines() == ["all 4 files decode"], result.stdout
+

@@ -32,7 +32,8 @@ def test_the_reference_lists_every_key_with_its_comment_and_range(tmp_path, monk
     # a comment beside the field, one above it, a base class's, a range rule and Literal choices
     assert "| `data.num_frames` | int | `16` | > 0 | frames per clip fed to the encoder (1 for image MAE) |" in text
     assert "target clip = online clip shifted by delta ~ U{0..max_shift} frames" in text
-    assert "| `finetune.batch_size` | int | `1024` | > 0 | global batch over all processes and accumulation steps |" \
+    assert "| `finetune.accum_steps` | int | `1` | > 0 | micro-batches per optimiser step, each batch_size / " in text
+    assert "| `finetune.batch_size` | int | `0` | >= 0 | global batch over all processes and accumulation steps; 0: " \
         in text
     assert "| `method.masking` | choice | `auto` | `auto`, `tube`, `random` |" in text
     stale = tmp_path / "configuration.md"

@@ -112,7 +112,25 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.output, epochs=args.epochs, spec=spec, overrides=args.overrides)
 
 
+def check_lists(lists: list[str], workers: int) -> None:
+    """Decode every file of `lists`; print one line per file that fails and a count, and exit 1 if any did."""
+    from cmae.data.check import undecodable
+    from cmae.data.lists import read_samples
+
+    samples = [sample for source in lists for sample in read_samples(source)]
+    failed = 0
+    for error in undecodable(samples, workers):
+        print(error, flush=True)
+        failed += 1
+    print(f"{failed} of {len(samples)} files do not decode" if failed else f"all {len(samples)} files decode")
+    if failed:
+        sys.exit(1)
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
+    if args.dataset == "check":
+        check_lists(args.lists, args.workers)
+        return
     if args.dataset == "shards":
         from cmae.data.shards import parse_size, write_shards
 
@@ -138,6 +156,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
           f"classes.txt ({report['classes']}); missing {report['missing']}, orphans {report['orphans']}, "
           f"duplicates {report['duplicates']}" + (f", resize failures {report['resize']['failed']}"
                                                   if "resize" in report else ""))
+    if args.check:
+        check_lists([f"{args.output}/{split}.txt" for split in ("train", "val")], args.workers)
 
 
 def add_prepare(commands) -> None:
@@ -152,6 +172,10 @@ def add_prepare(commands) -> None:
         one = datasets.add_parser(name, help=text)
         one.add_argument("--root", required=True, help="the data set as downloaded")
         one.add_argument("--output", required=True, help="folder for train.txt, val.txt, classes.txt, report.json")
+        one.add_argument("--check", action="store_true", help="then decode every listed file and name the ones "
+                         "that fail (exit status 1 if any)")
+        one.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that re-encode, "
+                         "threads that check")
         if name in ("ucf101", "hmdb51"):
             one.add_argument("--split", type=int, default=1, choices=(1, 2, 3), help="the official split")
         if name == "imagenet":
@@ -160,9 +184,12 @@ def add_prepare(commands) -> None:
             continue
         one.add_argument("--resize", type=int, metavar="SHORT_SIDE",
                          help="re-encode the videos to this short side under OUTPUT/videos (VideoMAE: 320)")
-        one.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that re-encode")
         one.add_argument("--keyframe-interval", type=int, default=32,
                          help="frames between keyframes of the re-encoded videos (shorter: faster seeks, larger files)")
+    check = datasets.add_parser("check", help="decode every file of list files (or image folders) and name the "
+                                "ones that fail (exit status 1 if any)")
+    check.add_argument("lists", nargs="+", metavar="LIST", help="list files, e.g. data.train and data.val")
+    check.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads that decode")
     shards = datasets.add_parser("shards", help="tar shards (WebDataset layout: key.mp4 + key.cls) of a list")
     shards.add_argument("--list", required=True, help="a list file in any data.list_format")
     shards.add_argument("--output", required=True, help="folder for shard-NNNNNN.tar and index.json")

@@ -219,6 +219,9 @@ class FinetuneConfig(ScheduleConfig):
     fine-tuning defaults, then what only fine-tuning has."""
 
     epochs: int = 100  # 0: no training, the test of a fine-tuned file's classifier (VideoMAE's --eval)
+    # global batch over all processes and accumulation steps; 0: the pre-training preset's train.batch_size
+    # (a paper's 1024 would be a single, near-full-batch step on a small data set)
+    batch_size: int = 0
     base_lr: float = 1e-3
     min_lr: float = 1e-6
     warmup_epochs: float = 5.0

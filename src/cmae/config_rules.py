@@ -45,7 +45,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "train.epochs", "train.batch_size", "train.accum_steps", "train.log_every", "train.save_every",
         "data.repeat", "data.prefetch_factor",
         "eval.clips", "eval.crops", "eval.batch_size", "eval.probe_epochs", "eval.probe_batch_size",
-        "eval.knn_k", "eval.knn_temperature", "finetune.batch_size", "finetune.accum_steps")},
+        "eval.knn_k", "eval.knn_temperature", "finetune.accum_steps")},
     **{key: (_non_negative, ">= 0") for key in (
         "data.num_workers", "data.max_shift", "data.pixel_shift", "data.frame_gap", "model.patch_size",
         "model.decoder_depth", "method.feature_decoder_dim", "method.con_start_epoch", "train.base_lr", "train.lr",
@@ -54,6 +54,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay",
         "finetune.base_lr", "finetune.min_lr", "finetune.warmup_epochs", "finetune.weight_decay",
         "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad",
+        "finetune.batch_size",  # 0: train.batch_size
         "finetune.epochs")},  # 0: test a fine-tuned file as it is
     "method.con_weight": (lambda v: v == "grad_ratio" or v >= 0, ">= 0 or grad_ratio"),
     **{key: (_fraction, "in [0, 1)") for key in (

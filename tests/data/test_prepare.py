@@ -260,3 +260,14 @@ def test_an_output_inside_the_root_is_not_read_as_data(tmp_path):
     report = json.loads((tmp_path / "k400" / "lists" / "report.json").read_text())
     assert (report["duplicates"], report["orphans"], report["resize"]["skipped"]) == (0, 1, 8)
     assert (tmp_path / "k400" / "lists" / "train.txt").read_text() == first
+
+
+def test_check_names_a_listed_file_that_does_not_decode(tmp_path, capsys):
+    ucf101_replica(tmp_path / "root")
+    bad = tmp_path / "root" / "UCF-101" / "Archery" / "v_Archery_g09_c01.avi"
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated mid-stream
+    with pytest.raises(SystemExit) as stop:
+        prepare("ucf101", "--root", str(tmp_path / "root"), "--output", str(tmp_path / "out"), "--check")
+    assert stop.value.code == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "1 of 6 files do not decode" and lines[-2].startswith(str(bad)), lines[-3:]

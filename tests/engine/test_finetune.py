@@ -1,10 +1,11 @@
 import json
+import warnings
 
 import pytest
 import torch
 
 from cmae.cli import main
-from cmae.config import ConfigError, load_config
+from cmae.config import ConfigError, InputError, load_config
 from cmae.engine.finetune import Classifier, FinetuneObjective, finetune, finetune_train_config, layer_decay_groups
 from cmae.engine.pretrain import pretrain
 from cmae.models.vit import VisionTransformer
@@ -115,3 +116,24 @@ def test_a_file_head_is_used_only_where_it_fits(capsys):
         classes_and_head("f.pth", cls_head, labels, "mean", test_only=True)
     with pytest.raises(ConfigError, match="has 8 classes; data.val has labels up to 9"):
         classes_and_head("f.pth", mean_head, list(range(10)), "mean", test_only=True)
+
+
+def test_the_batch_follows_the_preset_and_the_test_stops_past_max_failed_fraction(synth_dir, tmp_path):
+    """finetune.batch_size=0 (the default) trains in the preset's train.batch_size (8 here: 24 clips, 3 steps
+    an epoch) and records it; a paper's fine-tuning preset keeps its own. The multi-view test counts a
+    file that does not decode against data.max_failed_fraction, as the frozen evaluations do."""
+    assert load_config("configs/demo/videomae.yaml").finetune.batch_size == 0
+    assert load_config("finetune/videomae_vit_b_k400").finetune.batch_size == 768
+    (tmp_path / "bad.mp4").write_text("not a video\n")
+    rows = [f"{synth_dir / line.split()[0]} {line.split()[1]}" for line in (synth_dir / "val.txt").read_text().splitlines()]
+    (tmp_path / "val.txt").write_text("\n".join([*rows[:4], f"{tmp_path / 'bad.mp4'} 0"]) + "\n")  # 1 of 5: 20 %
+    overrides = [*TINY, f"data.train={synth_dir / 'train.txt'}", f"data.val={tmp_path / 'val.txt'}",
+                 "train.batch_size=8", "finetune.epochs=1", "finetune.warmup_epochs=0", "eval.batch_size=5"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the decoder's warning naming the bad file
+        with pytest.raises(InputError, match=r"1 of 5 files could not be decoded \(20.0% > data.max_failed_fraction"):
+            finetune("random", tmp_path / "ft", config_path="configs/demo/videomae.yaml", overrides=overrides)
+        summary = finetune("random", tmp_path / "ft", config_path="configs/demo/videomae.yaml", resume="auto",
+                           overrides=[*overrides, "data.max_failed_fraction=0.25"])  # the finished run: test only
+    assert summary["steps"] == 24 // 8 and summary["skipped_val"] == 1 and summary["num_val"] == 4
+    assert "batch_size: 8" in (tmp_path / "ft" / "config.yaml").read_text().split("finetune:")[1]

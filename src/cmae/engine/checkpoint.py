@@ -83,6 +83,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as error:
+    # a truncated zip is an OSError (EINVAL) on some torch versions, a RuntimeError on others
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, pickle.UnpicklingError) as error:
         raise ConfigError(f"{path}: not a cmae checkpoint torch can read (truncated, or another kind of file?): "
                           f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None

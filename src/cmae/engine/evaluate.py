@@ -128,15 +128,21 @@ def extract_features(
         labels.append(label)
     encoder.train(was_training)
     features, labels = torch.cat(features), torch.cat(labels)
-    failed = len(samples) - len(features)
-    if failed / max(len(samples), 1) > config.data.max_failed_fraction:
-        raise InputError(f"{failed} of {len(samples)} files could not be decoded ({failed / len(samples):.1%} > "
-                         f"data.max_failed_fraction={config.data.max_failed_fraction:.1%}); the warnings above name "
-                         "them (cmae prepare ... --check lists them all)")
-    if failed:
-        warnings.warn(f"{len(samples) - len(features)} of {len(samples)} files could not be decoded "
-                      "and are left out of the evaluation (the warnings above name them)", stacklevel=2)
+    check_decode_failures(len(samples) - len(features), len(samples), config.data.max_failed_fraction)
     return features, labels
+
+
+def check_decode_failures(failed: int, total: int, limit: float) -> None:
+    """Stop an evaluation when more than `limit` (data.max_failed_fraction, pre-training's threshold)
+    of its `total` files could not be decoded, and warn below it: a score over the files left is
+    not the data set's score."""
+    if failed and (failed > limit * total or failed == total):  # none left: nothing to score, whatever the limit
+        why = f"{failed / total:.1%} > data.max_failed_fraction={limit:.1%}" if failed > limit * total else "none left"
+        raise InputError(f"{failed} of {total} files could not be decoded ({why}); the warnings above name "
+                         "them (cmae prepare check LIST lists them all)")
+    if failed:
+        warnings.warn(f"{failed} of {total} files could not be decoded "
+                      "and are left out of the evaluation (the warnings above name them)", stacklevel=3)
 
 
 def cached_features(

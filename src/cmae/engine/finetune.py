@@ -27,7 +27,13 @@ from cmae.data.dataset import VideoDataset, decoded_items
 from cmae.data.lists import read_samples
 from cmae.data.views import ClipView, MultiViewClips
 from cmae.distributed import all_reduce_sum, cleanup, init_distributed, rank_and_world
-from cmae.engine.evaluate import balanced_fraction, check_evaluation_data, topk_accuracy, write_summary
+from cmae.engine.evaluate import (
+    balanced_fraction,
+    check_decode_failures,
+    check_evaluation_data,
+    topk_accuracy,
+    write_summary,
+)
 from cmae.engine.loading import load_with_head
 from cmae.engine.loop import Job, train_loop
 from cmae.engine.runtime import resolve_device
@@ -110,7 +116,8 @@ class FinetuneObjective(Method):
 @torch.no_grad()
 def multiview_accuracy(classifier: Classifier, dataset, config: Config, device: torch.device) -> dict[str, float]:
     """Top-1/top-5 with softmax averaged over each video's V views, summed over ranks.
-    Undecodable files are left out and counted (`skipped_val`), as in `extract_features`."""
+    Undecodable files are left out and counted (`skipped_val`), and stop the test past
+    data.max_failed_fraction, as in `extract_features`."""
     classifier.eval()
     rank, world = rank_and_world()
     indices = list(range(rank, len(dataset), world))
@@ -126,8 +133,7 @@ def multiview_accuracy(classifier: Classifier, dataset, config: Config, device: 
         accuracy = topk_accuracy(probs.cpu(), batch["label"][decoded])
         totals += torch.tensor([accuracy["top1"] / 100, accuracy["top5"] / 100, 1.0], dtype=torch.float64) * len(probs)
     top1, top5, scored = all_reduce_sum(totals).tolist()
-    if scored == 0:
-        raise RuntimeError(f"none of the {len(dataset)} test files could be decoded")
+    check_decode_failures(len(dataset) - int(scored), len(dataset), config.data.max_failed_fraction)
     return {"top1": 100.0 * top1 / scored, "top5": 100.0 * top5 / scored, "skipped_val": len(dataset) - int(scored)}
 
 
@@ -150,6 +156,8 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
     `resume`: a fine-tuning checkpoint to continue from, or "auto"; `overwrite`: move a run in `output`
     aside (see `train_loop`)."""
     config, method, head = load_with_head(checkpoint, config_path, overrides)
+    if config.finetune.batch_size == 0:  # resolved here, so config.yaml and a resume see the batch that ran
+        config.finetune = dataclasses.replace(config.finetune, batch_size=config.train.batch_size)
     ft = config.finetune
     test_only = ft.epochs == 0
     if test_only and not config.data.val:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from cmae.config import Config, ConfigError, TrainConfig, save_config
 from cmae.data.loader import close_loader, make_loader, set_loader_epoch
 from cmae.distributed import DistInfo, all_reduce_sum, all_true, cleanup, init_distributed
+from cmae.engine.checkpoint import load_checkpoint
 from cmae.engine.parallel import compile_model, enable_grad_checkpointing, gradient_norm, gradient_sync, wrap_method
 from cmae.engine.run_folder import claim_output
 from cmae.engine.run_state import (
@@ -107,6 +108,7 @@ def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.dev
     dist_info = init_distributed(device)
     restarted = resume == "auto" and not (output / CHECKPOINT_NAME).is_file()  # a run that never saved
     resume = claim_output(output, resume, overwrite, dist_info.is_main)
+    saved = load_checkpoint(resume) if resume is not None else None  # a bad file: refused before the run folder
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
@@ -117,7 +119,7 @@ def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.dev
             run = start_run(config, output, make_job, device, dist_info)
             run.stop = stop
             if resume is not None:
-                restore_state(run, resume, resume_override)
+                restore_state(run, resume, saved, resume_override)
             elif restarted and dist_info.is_main:
                 truncate_metrics(run.metrics.path, 0)  # what a run that never saved logged goes
             if dist_info.is_main:

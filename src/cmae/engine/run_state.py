@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cmae.config import Config, ConfigError, InputError, TrainConfig, config_from_dict
 from cmae.distributed import DistInfo, all_reduce_sum, all_true, gather_objects
-from cmae.engine.checkpoint import CheckpointWriteError, load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from cmae.engine.checkpoint import CheckpointWriteError, rng_states, save_checkpoint, set_rng_states
 from cmae.engine.parallel import full_state, load_full_state
 from cmae.engine.run_folder import CHECKPOINT_NAME
 from cmae.engine.runtime import MetricsLog, read_metrics, seed_everything
@@ -97,7 +97,7 @@ class DecodeFailures:
             raise InputError(
                 f"{self.failed} of {self.attempted} files could not be decoded ({fraction:.1%} > "
                 f"data.max_failed_fraction={self.max_fraction:.1%}); the warnings above name them "
-                "(cmae prepare ... --check lists them all)"
+                "(cmae prepare check LIST lists them all)"
             )
 
 
@@ -150,9 +150,9 @@ class Run:
         return self.steps_per_epoch * self.train.epochs
 
 
-def restore_state(run: Run, resume: str | Path, override: bool = False) -> None:
-    """Continue a saved run exactly: weights, optimiser, scaler, position and RNG streams."""
-    state = load_checkpoint(resume)
+def restore_state(run: Run, resume: str | Path, state: dict[str, Any], override: bool = False) -> None:
+    """Continue a saved run exactly: weights, optimiser, scaler, position and RNG streams, from
+    `state`, the checkpoint `resume` as `load_checkpoint` read it."""
     check_resumable(run.config, config_from_dict(state["config"]), resume, override)
     load_full_state(run.model, run.job.method, run.optimizer, state["model"], state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
