@@ -191,6 +191,9 @@ class TrainConfig(ScheduleConfig):
     compile: bool = False  # torch.compile the method's forward (checkpoints keep plain parameter names)
     grad_checkpointing: bool = False  # recompute each transformer block in backward: less memory, ~1/3 more compute
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2's fully_shard)
+    # with accum_steps > 1, contrastive terms (negatives, head BatchNorm) over the whole global batch by gradient
+    # caching (a second forward pass per micro-batch) | over each micro-batch (warns)
+    contrastive_accumulation: Literal["exact", "micro"] = "micro"
 
 
 @dataclass

@@ -27,14 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from cmae.config import Config, ConfigError, TrainConfig, save_config
 from cmae.data.loader import close_loader, make_loader, set_loader_epoch
 from cmae.distributed import DistInfo, all_reduce_sum, all_true, cleanup, init_distributed
 from cmae.engine.checkpoint import load_checkpoint
-from cmae.engine.parallel import compile_model, enable_grad_checkpointing, gradient_norm, gradient_sync, wrap_method
+from cmae.engine.grad_cache import cached_accumulation
+from cmae.engine.parallel import (
+    compile_model,
+    enable_grad_checkpointing,
+    gradient_norm,
+    gradient_sync,
+    term_gradient_norms,
+    wrap_method,
+)
 from cmae.engine.run_folder import claim_output
 from cmae.engine.run_state import (
     CHECKPOINT_NAME,
@@ -65,6 +72,7 @@ from cmae.engine.runtime import (
 )
 from cmae.engine.schedule import cosine_with_warmup
 from cmae.engine.signals import EXIT_PREEMPTED, Preempted, StopSignals
+from cmae.methods.contrastive import ContrastiveMethod
 
 # the loop's own names, and those of the run state and signals that were defined here (importable as before)
 __all__ = [
@@ -150,11 +158,13 @@ def start_run(config: Config, output: Path, make_job: Callable[[torch.device], J
     train = job.train
     micro_batch = per_rank_batch(train, dist_info.world_size)
     loader = make_loader(job.dataset, config, dist_info, micro_batch)  # micro_batch / data.repeat videos
-    if train.accum_steps > 1 and len(job.method.views) > 1 and dist_info.is_main:
+    micro_contrast = train.contrastive_accumulation == "micro" and isinstance(job.method, ContrastiveMethod)
+    if train.accum_steps > 1 and micro_contrast and dist_info.is_main:
         # Two-view losses and their heads' BatchNorm couple the samples of one forward pass.
         warnings.warn(f"train.accum_steps={train.accum_steps}: {job.method.__class__.__name__}'s contrastive "
                       f"negatives and batch statistics cover {micro_batch * dist_info.world_size} samples per "
-                      f"step, not the global batch of {train.batch_size}", stacklevel=3)
+                      f"step, not the global batch of {train.batch_size} (train.contrastive_accumulation=exact "
+                      f"covers it, for a second forward pass)", stacklevel=3)
     steps_per_epoch = len(loader) // train.accum_steps
     if train.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, train.max_steps_per_epoch)
@@ -264,18 +274,15 @@ def save_due(run: Run, epoch: int, last_step: bool) -> bool:
 def accumulate_gradients(run: Run, batches, epoch: int, measure: bool = False
                          ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Forward and backward `accum_steps` micro-batches; returns the loss terms averaged over them and,
-    with `measure`, each loss part's gradient norm on the shared encoder (first micro-batch, ranks averaged)."""
+    with `measure`, each loss part's gradient norm on the shared encoder (first micro-batch, ranks averaged).
+    A contrastive method under `contrastive_accumulation=exact` goes through `cached_accumulation`."""
     accum = run.train.accum_steps
+    if accum > 1 and run.train.contrastive_accumulation == "exact" and isinstance(run.job.method, ContrastiveMethod):
+        return cached_accumulation(run, [next_micro_batch(run, batches, epoch) for _ in range(accum)], measure)
     sums: dict[str, torch.Tensor] = {}
     term_grads: dict[str, float] = {}
     for micro in range(accum):
-        waiting = time.perf_counter()
-        data = next(batches)
-        run.interval.data_wait += time.perf_counter() - waiting
-        run.failures.update(data["num_failed"], data["index"])
-        if run.sample_log is not None:
-            run.sample_log.write(f"{epoch} {run.step} {' '.join(map(str, data['index'].tolist()))}\n")
-        data = to_device(data, run.device)
+        data = next_micro_batch(run, batches, epoch)
         # Reduce gradients over ranks on the last micro-batch only.
         with gradient_sync(run.model, micro == accum - 1):
             with autocast(run.device, run.dtype):
@@ -289,20 +296,15 @@ def accumulate_gradients(run: Run, batches, epoch: int, measure: bool = False
     return sums, term_grads
 
 
-def term_gradient_norms(parts: dict[str, torch.Tensor], encoder: nn.Module, world_size: int) -> dict[str, float]:
-    """{name: L2 norm of d part / d encoder parameters}, averaged over ranks (a collective: every rank
-    measures at the same steps). One extra backward per part, through the graph kept for the real one."""
-    if not parts:
-        return {}
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    norms = []
-    for part in parts.values():
-        grads = [g for g in torch.autograd.grad(part.float(), params, retain_graph=True, allow_unused=True)
-                 if g is not None]
-        norms.append(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])) if grads
-                     else torch.zeros((), device=part.device))
-    averaged = all_reduce_sum(torch.stack(norms).cpu().double()) / world_size
-    return dict(zip(parts, averaged.tolist(), strict=True))
+def next_micro_batch(run: Run, batches, epoch: int) -> dict[str, torch.Tensor]:
+    """The loader's next micro-batch on the run's device; counts its wait and its failed files."""
+    waiting = time.perf_counter()
+    data = next(batches)
+    run.interval.data_wait += time.perf_counter() - waiting
+    run.failures.update(data["num_failed"], data["index"])
+    if run.sample_log is not None:
+        run.sample_log.write(f"{epoch} {run.step} {' '.join(map(str, data['index'].tolist()))}\n")
+    return to_device(data, run.device)
 
 
 def check_finite(run: Run, epoch: int) -> None:

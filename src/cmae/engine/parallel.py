@@ -5,6 +5,8 @@ checkpoints that read the same either way.
     compile_model    torch.compile in place, drawing eager's random numbers
     wrap_method      DDP, or FSDP2's `fully_shard` per transformer block and at the root
     gradient_sync    skip the gradient reduction on all but the last micro-batch
+    gradient_norm, term_gradient_norms
+                     the global gradient norm; each loss part's on the shared encoder
     full_state / load_full_state
                      the model's full state dict and the optimiser's in torch's own
                      index-keyed layout, gathered to rank 0 under FSDP, so a checkpoint from
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cmae.distributed import DistInfo
+from cmae.distributed import DistInfo, all_reduce_sum
 from cmae.models.convvit import ConvBlock
 from cmae.models.vit import Block
 
@@ -108,6 +110,22 @@ def gradient_norm(parameters, clip: float = 0.0) -> torch.Tensor:
     else:
         norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP
+
+
+def term_gradient_norms(parts: dict[str, torch.Tensor], encoder: nn.Module, world_size: int) -> dict[str, float]:
+    """{name: L2 norm of d part / d encoder parameters}, averaged over ranks (a collective: every rank
+    measures at the same steps). One extra backward per part, through the graph kept for the real one."""
+    if not parts:
+        return {}
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    norms = []
+    for part in parts.values():
+        grads = [g for g in torch.autograd.grad(part.float(), params, retain_graph=True, allow_unused=True)
+                 if g is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])) if grads
+                     else torch.zeros((), device=part.device))
+    averaged = all_reduce_sum(torch.stack(norms).cpu().double()) / world_size
+    return dict(zip(parts, averaged.tolist(), strict=True))
 
 
 def _optimizer_names(method: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:

@@ -20,6 +20,20 @@ class MethodOutput:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class Embedding:
+    """One micro-batch's share of a contrastive step, cut before the heads: what a method with a
+    loss over the whole batch (`ContrastiveMethod`) hands to the loss of the accumulated batch
+    (`train.contrastive_accumulation=exact`). `rec` is the scalar reconstruction loss; `features`
+    the heads' inputs that gradients reach, each `[b, D]`; `targets` those no gradient reaches
+    (CMAE-V's EMA teacher), each `[b, D]`; `ids` `[b]` each sample's video (`data.repeat`), or None."""
+
+    rec: torch.Tensor
+    features: tuple[torch.Tensor, ...]
+    targets: tuple[torch.Tensor, ...] = ()
+    ids: torch.Tensor | None = None
+
+
 class Method(nn.Module):
     """The contract between a pre-training method and the training loop.
 

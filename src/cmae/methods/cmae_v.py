@@ -30,10 +30,10 @@ from torch import nn
 
 from cmae.config import Config
 from cmae.losses import global_info_nce
-from cmae.methods.base import MethodOutput
+from cmae.methods.base import Embedding
+from cmae.methods.contrastive import ContrastiveMethod
 from cmae.methods.mae import Reconstruction
 from cmae.methods.videomae import VideoMAE
-from cmae.methods.weighting import ContrastiveWeighting
 from cmae.models import PixelDecoder, build_encoder
 from cmae.models.heads import MLPHead
 from cmae.models.pooling import mean_pool
@@ -46,7 +46,7 @@ def momentum_at(step: int, total_steps: int, base: float, schedule: str) -> floa
     return 1.0 - (1.0 - base) * (math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)) + 1) / 2
 
 
-class CMAEV(ContrastiveWeighting, VideoMAE):
+class CMAEV(ContrastiveMethod, VideoMAE):
     name = "cmae_v"
     views = ("video", "target")
     view_sampler = "temporal_shift"
@@ -93,22 +93,29 @@ class CMAEV(ContrastiveWeighting, VideoMAE):
         return self.feature_proj(mean_pool(hidden))
 
     @torch.no_grad()
+    def target_feature(self, clip: torch.Tensor) -> torch.Tensor:
+        """Full (unmasked) target clip -> `[B, D]`, the mean of its patch tokens (eq. 3)."""
+        tokens = self.target_encoder(clip, final_norm=self.target_norm)
+        return mean_pool(tokens[:, self.target_encoder.num_prefix_tokens :])
+
+    @torch.no_grad()
     def target_embedding(self, clip: torch.Tensor) -> torch.Tensor:
         """Full (unmasked) target clip -> `[B, proj_dim]`."""
-        tokens = self.target_encoder(clip, final_norm=self.target_norm)
-        return self.target_projector(mean_pool(tokens[:, self.target_encoder.num_prefix_tokens :]))
+        return self.target_projector(self.target_feature(clip))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
-        self.require_views(batch)
+    def embed(self, batch: dict[str, torch.Tensor]) -> Embedding:
+        """Reconstruction, the online feature `[b, D]` and the target's `[b, D]` (before the heads)."""
         rec = self.reconstruct(batch["video"], decoder_masking=self.training)
-        query = self.predictor(self.projector(self.online_feature(rec, batch["video"])))
-        key = self.target_embedding(batch["target"])
-        loss_con = self.con_scale * global_info_nce(query, key, self.temperature, batch.get("index"))
-        loss = rec.loss + self.current_con_weight * loss_con
-        return MethodOutput(loss, {
-            "loss_rec": rec.loss.detach(), "loss_con": loss_con.detach(), "momentum": self.current_momentum.clone(),
-            "con_weight": self.current_con_weight.clone(),
-        }, parts={"loss_rec": rec.loss, "loss_con": loss_con})
+        return Embedding(rec.loss, (self.online_feature(rec, batch["video"]),),
+                         (self.target_feature(batch["target"]),), batch.get("index"))
+
+    def contrast(self, features, targets, ids):
+        """Online heads on the features, the target projector on the targets, InfoNCE (eq. 5)."""
+        query = self.predictor(self.projector(features[0]))
+        with torch.no_grad():
+            key = self.target_projector(targets[0])
+        loss_con = self.con_scale * global_info_nce(query, key, self.temperature, ids)
+        return loss_con, {"momentum": self.current_momentum.clone()}
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:

@@ -7,8 +7,6 @@ two branches): projector on both views, predictor on the online one, negative co
 
 from __future__ import annotations
 
-import torch
-
 from cmae.config import Config, ConfigError
 from cmae.losses import simsiam_loss
 from cmae.methods.two_view import TwoViewMAE
@@ -29,9 +27,6 @@ class MAESimSiam(TwoViewMAE):
         m, width = config.method, self.encoder.embed_dim
         self.projector = MLPHead(width, [m.proj_hidden], m.proj_dim, m.global_bn)
         self.predictor = MLPHead(m.proj_dim, [m.pred_hidden], m.proj_dim, m.global_bn)
-
-    def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.projector(tokens[:, 0])
 
     def pair_loss(self, z1, z2, ids=None):  # no negatives: repeats of a video change nothing here
         p1, p2 = self.predictor(z1), self.predictor(z2)

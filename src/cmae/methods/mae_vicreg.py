@@ -8,8 +8,6 @@ L2-normalised: the variance hinge targets a standard deviation of 1 per dimensio
 
 from __future__ import annotations
 
-import torch
-
 from cmae.config import Config
 from cmae.losses import vicreg_terms
 from cmae.methods.mae_simsiam import require_cls_token
@@ -26,9 +24,6 @@ class MAEVICReg(TwoViewMAE):
         # Bardes et al.'s expander
         self.projector = vic_mae_projector(self.encoder.embed_dim, "paper", config.method.global_bn)
         self.weights = config.method.vicreg_weights
-
-    def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.projector(tokens[:, 0])
 
     def pair_loss(self, z1, z2, ids=None):  # no negatives: repeats of a video change nothing here
         terms = vicreg_terms(z1, z2)

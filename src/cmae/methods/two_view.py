@@ -13,12 +13,12 @@ from __future__ import annotations
 import torch
 
 from cmae.config import Config
-from cmae.methods.base import MethodOutput
+from cmae.methods.base import Embedding
+from cmae.methods.contrastive import ContrastiveMethod
 from cmae.methods.mae import MAE
-from cmae.methods.weighting import ContrastiveWeighting
 
 
-class TwoViewMAE(ContrastiveWeighting, MAE):
+class TwoViewMAE(ContrastiveMethod, MAE):
     default_masking = "random"
     views = ("view1", "view2")
     view_sampler = "frame_pair"
@@ -38,22 +38,22 @@ class TwoViewMAE(ContrastiveWeighting, MAE):
         rec = self.reconstruct(view1, decoder_masking=self.training)
         return rec.loss, rec.latent, self.encoder(view2, self.make_mask(view2).visible)
 
-    def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, (1+)K, D] -> [B, D']
-        raise NotImplementedError
+    def token_feature(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`[B, (1+)K, D]` encoder tokens -> `[B, D]` the heads' input: the class token (a subclass may pool)."""
+        return tokens[:, 0]
+
+    def head(self, feature: torch.Tensor) -> torch.Tensor:
+        """`[B, D]` -> `[B, D']` the embedding the pair loss compares."""
+        return self.projector(feature)
 
     def pair_loss(self, f1: torch.Tensor, f2: torch.Tensor, ids: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of the two views' features `[B, D']`; ids `[B]`: each sample's video (repeats share one)."""
         raise NotImplementedError
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
-        self.require_views(batch)
+    def embed(self, batch: dict[str, torch.Tensor]) -> Embedding:
         loss_rec, tokens1, tokens2 = self.encode_views(batch["view1"], batch["view2"])
-        loss_con, extra = self.pair_loss(self.global_feature(tokens1), self.global_feature(tokens2),
-                                         batch.get("index"))
-        # Multiplying by lambda = 0 (rather than skipping) keeps every head in the graph, as DDP needs.
-        loss = loss_rec + self.current_con_weight * loss_con
-        terms = {"loss_rec": loss_rec.detach(), "loss_con": loss_con.detach(),
-                 "con_weight": self.current_con_weight.clone()}
-        return MethodOutput(loss, {**terms, **{k: v.detach() for k, v in extra.items()}},
-                            parts={"loss_rec": loss_rec, "loss_con": loss_con})
+        return Embedding(loss_rec, (self.token_feature(tokens1), self.token_feature(tokens2)), ids=batch.get("index"))
+
+    def contrast(self, features, targets, ids):
+        return self.pair_loss(self.head(features[0]), self.head(features[1]), ids)

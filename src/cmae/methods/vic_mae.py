@@ -45,9 +45,13 @@ class ViCMAE(TwoViewMAE):
         self.temperature = config.method.temperature
         self.contrastive_loss = CONTRASTIVE_LOSSES[m.contrast]
 
-    def global_feature(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Omega over the visible patch tokens, projected and L2-normalised."""
-        return F.normalize(self.projector(self.pool(tokens[:, self.encoder.num_prefix_tokens :])), dim=-1)
+    def token_feature(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Omega over the visible patch tokens: `[B, K, D]` -> `[B, D]`."""
+        return self.pool(tokens[:, self.encoder.num_prefix_tokens :])
+
+    def head(self, feature: torch.Tensor) -> torch.Tensor:
+        """Projected and L2-normalised."""
+        return F.normalize(self.projector(feature), dim=-1)
 
     def pair_loss(self, f1, f2, ids=None):
         return self.contrastive_loss(f1, f2, self.temperature, ids), {}
