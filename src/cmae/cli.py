@@ -1,4 +1,4 @@
-"""The `cmae` command: synth, prepare, pretrain, linprobe, knn, finetune, visualize, plot, extract, export, demo,
+"""The `cmae` command: synth, prepare, pretrain, linprobe, attnprobe, knn, finetune, visualize, plot, extract, export, demo,
 presets, models."""
 
 from __future__ import annotations
@@ -210,7 +210,8 @@ def add_weights_commands(commands) -> None:
 
 def add_evaluations(commands) -> None:
     """linprobe, knn and finetune: one signature."""
-    protocols = {"linprobe": "linear probe on frozen features", "knn": "weighted kNN on frozen features",
+    protocols = {"linprobe": "linear probe on frozen features", "attnprobe": "attentive probe (V-JEPA) on frozen "
+                 "token grids", "knn": "weighted kNN on frozen features",
                  "finetune": "end-to-end fine-tuning"}
     for name, text in protocols.items():
         evaluate = commands.add_parser(name, help=text)

@@ -211,6 +211,25 @@ class EvalConfig:
     probe_weight_decay: float = 0.0
     knn_k: int = 20
     knn_temperature: float = 0.07
+    # kNN feature normalisation with training-set statistics: none | batchnorm (centre, unit variance per
+    # dimension, the linear probe's BatchNorm) | whiten (centre, then PCA-whiten): MAE-type features are
+    # dominated by a few large directions that swamp the cosine
+    knn_normalize: Literal["none", "batchnorm", "whiten"] = "none"
+    # attentive probe (`cmae attnprobe`, V-JEPA's): learned queries cross-attend over the frozen token grid,
+    # depth - 1 self-attention blocks over the queries, a linear classifier; AdamW, cosine with warm-up
+    attn_queries: int = 1
+    attn_depth: int = 1  # V-JEPA 1: 1; V-JEPA 2: 4 (with 16 heads)
+    attn_heads: int = 4
+    attn_epochs: int = 20
+    attn_batch_size: int = 64
+    attn_lr: float = 1e-3
+    attn_weight_decay: float = 0.01
+    # many probe settings in one pass: [[lr, ...], [weight_decay, ...]], every pair trained together on the same
+    # features (lr: probe_base_lr for linprobe, attn_lr for attnprobe); [] trains the one setting above
+    probe_grid: list[list[float]] = field(default_factory=list)
+    # hold out this class-balanced fraction of the training set to choose the grid's winner (and fine-tuning's
+    # best epoch); only the winner is scored on data.val. 0: no selection split (a grid then needs one)
+    select_fraction: float = 0.0
 
 
 @dataclass
@@ -261,6 +280,12 @@ def validate(config: Config) -> Config:
     if config.train.strategy == "fsdp" and measures_grads:
         raise ConfigError("train.log_term_grads and method.con_weight=grad_ratio measure gradients on the whole "
                           "encoder, which train.strategy=fsdp shards: use ddp")
+    grid = config.eval.probe_grid
+    if grid and (len(grid) != 2 or not all(grid)):
+        raise ConfigError(f"eval.probe_grid must be [[lr, ...], [weight_decay, ...]], got {grid}")
+    if grid and len(grid[0]) * len(grid[1]) > 1 and config.eval.select_fraction == 0:
+        raise ConfigError("eval.probe_grid has several settings: set eval.select_fraction (e.g. 0.2) to choose "
+                          "the winner on held-out training samples, never on data.val")
     return config
 
 
