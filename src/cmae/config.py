@@ -170,6 +170,16 @@ class ScheduleConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """A cheap frozen evaluation during pre-training (`train.monitor`), logged as `monitor_top1`."""
+
+    every_epochs: int = 0  # 0: off
+    train: str = ""  # a small labelled list (or ImageFolder) the kNN / probe learns from
+    val: str = ""  # the one it is scored on
+    protocol: Literal["knn", "linprobe"] = "knn"
+
+
+@dataclass
 class TrainConfig(ScheduleConfig):
     lr: float = 0.0  # > 0: this lr, whatever the batch
     seed: int = 0
@@ -191,6 +201,7 @@ class TrainConfig(ScheduleConfig):
     compile: bool = False  # torch.compile the method's forward (checkpoints keep plain parameter names)
     grad_checkpointing: bool = False  # recompute each transformer block in backward: less memory, ~1/3 more compute
     strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2's fully_shard)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 @dataclass
@@ -256,6 +267,9 @@ class FinetuneConfig(ScheduleConfig):
     # true keeps it (cmae's layout until then)
     encoder_norm: bool = False
     head_dropout: float = 0.0  # dropout between the pooled feature and the head (VideoMAE's --fc_drop_rate; UCF101: 0.5)
+    # every this many epochs a single-view validation (on the selection split when eval.select_fraction is set,
+    # else on data.val as the official scripts do); the best epoch is kept as checkpoint-best.pt. 0: off
+    eval_every: int = 0
 
 
 @dataclass
@@ -280,6 +294,9 @@ def validate(config: Config) -> Config:
     if config.train.strategy == "fsdp" and measures_grads:
         raise ConfigError("train.log_term_grads and method.con_weight=grad_ratio measure gradients on the whole "
                           "encoder, which train.strategy=fsdp shards: use ddp")
+    monitor = config.train.monitor
+    if monitor.every_epochs and not (monitor.train and monitor.val):
+        raise ConfigError("train.monitor.every_epochs needs train.monitor.train and train.monitor.val (labelled lists)")
     grid = config.eval.probe_grid
     if grid and (len(grid) != 2 or not all(grid)):
         raise ConfigError(f"eval.probe_grid must be [[lr, ...], [weight_decay, ...]], got {grid}")

@@ -52,10 +52,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "model.decoder_depth", "method.feature_decoder_dim", "method.con_start_epoch", "train.base_lr", "train.lr",
         "train.min_lr", "train.warmup_epochs", "train.weight_decay", "train.clip_grad", "train.keep_every",
         "train.max_steps_per_epoch", "model.pos_frames", "train.save_every_steps", "train.keep_checkpoints",
+        "train.monitor.every_epochs",
         "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay", "eval.attn_weight_decay",
         "finetune.base_lr", "finetune.min_lr", "finetune.warmup_epochs", "finetune.weight_decay",
         "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad",
-        "finetune.epochs")},  # 0: test a fine-tuned file as it is
+        "finetune.epochs", "finetune.eval_every")},  # 0: test a fine-tuned file as it is
     "method.con_weight": (lambda v: v == "grad_ratio" or v >= 0, ">= 0 or grad_ratio"),
     **{key: (_fraction, "in [0, 1)") for key in (
         "method.con_balance_smoothing", "data.image_ratio", "model.drop_path", "method.mask_ratio",
@@ -82,7 +83,8 @@ def check_ranges(config: Any) -> None:
     """Raise ConfigError naming the first key of `RULES` whose value in `config` (a `cmae.config.Config`)
     is out of its range."""
     for key, (check, expected) in RULES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = config
+        for name in key.split("."):  # sections nest (train.monitor.every_epochs)
+            value = getattr(value, name)
         if not check(value):
             raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")

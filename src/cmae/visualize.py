@@ -27,7 +27,7 @@ from cmae.engine.loading import load_pretrained
 from cmae.engine.runtime import read_metrics
 from cmae.models.patchify import patch_statistics, patchify, unpatchify
 
-DEFAULT_PLOT_KEYS = ("loss", "loss_rec", "loss_con")
+DEFAULT_PLOT_KEYS = ("loss", "loss_rec", "loss_con", "monitor_top1")  # monitor_top1: train.monitor
 
 # --------------------------------------------------------------------------------------
 # De-normalising predicted patches

@@ -115,3 +115,24 @@ def test_a_file_head_is_used_only_where_it_fits(capsys):
         classes_and_head("f.pth", cls_head, labels, "mean", test_only=True)
     with pytest.raises(ConfigError, match="has 8 classes; data.val has labels up to 9"):
         classes_and_head("f.pth", mean_head, list(range(10)), "mean", test_only=True)
+
+
+@pytest.mark.parametrize("select", [0.0, 0.25])
+def test_eval_every_keeps_the_best_epoch(synth_dir, tiny_run, tmp_path, select):
+    """finetune.eval_every=1: a validation row each epoch, checkpoint-best.pt the best one's, and the summary
+    names the best epoch, what judged it (the selection split when set, else data.val) and its full test."""
+    overrides = [f"data.train={synth_dir / 'train.txt'}", f"data.val={synth_dir / 'val.txt'}", "finetune.epochs=3",
+                 "finetune.batch_size=4", "finetune.warmup_epochs=1", "eval.batch_size=8", "finetune.eval_every=1",
+                 f"eval.select_fraction={select}"]
+    summary = finetune(tiny_run / "checkpoint-last.pt", tmp_path / "ft", overrides=overrides)
+    key = "select_top1" if select else "val_top1"
+    rows = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    checks = [row for row in rows if key in row]
+    assert [row["epoch"] for row in checks] == [0, 1, 2]
+    best = max(checks, key=lambda row: row[key])  # the first of equals
+    assert summary["best_epoch"] == best["epoch"] + 1 and summary[f"best_{key}"] == best[key]
+    assert summary["best_on"] == ("select" if select else "val")
+    assert summary["num_train"] == (16 if select else 24)  # 8 classes x 3 clips, one per class held out
+    assert (tmp_path / "ft" / "checkpoint-best.pt").is_file() and 0 <= summary["best"]["top1"] <= 100
+    saved = torch.load(tmp_path / "ft" / "checkpoint-best.pt", weights_only=False)
+    assert saved["epoch"] == best["epoch"] + 1

@@ -16,12 +16,13 @@ from cmae.engine.probes import topk_accuracy
 
 
 def normalize_features(train_x: torch.Tensor, val_x: torch.Tensor, kind: str,
-                       eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+                       eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """`[N, D]`, `[M, D]` -> the same, normalised with the training set's statistics.
 
     none: as they are; batchnorm: minus the mean, over the standard deviation, per dimension;
     whiten: minus the mean, then rotated onto the principal axes and each scaled to unit variance
-    (eps keeps near-empty directions from blowing up).
+    (eps, per dimension in batchnorm and relative to the largest variance in whiten, keeps near-empty
+    directions from blowing up: with fewer samples than dimensions most are empty).
     """
     if kind == "none":
         return train_x, val_x
