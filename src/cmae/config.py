@@ -167,6 +167,10 @@ class ScheduleConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float = 0.0  # max gradient norm; 0 disables clipping
     accum_steps: int = 1  # micro-batches per optimiser step, each batch_size / (processes x accum_steps) (--update_freq)
+    warmup_lr: float = 0.0  # the lr the linear warm-up starts from (VideoMAE's --warmup_lr)
+    # a cosine from weight_decay to this over the run, on the decayed groups (VideoMAE's --weight_decay_end);
+    # unset: constant
+    weight_decay_end: float | None = None
 
 
 @dataclass
@@ -270,6 +274,10 @@ class FinetuneConfig(ScheduleConfig):
     # every this many epochs a single-view validation (on the selection split when eval.select_fraction is set,
     # else on data.val as the official scripts do); the best epoch is kept as checkpoint-best.pt. 0: off
     eval_every: int = 0
+    # an exponential moving average of the classifier, tested beside it at the end (VideoMAE's --model_ema)
+    model_ema: bool = False
+    model_ema_decay: float = 0.9999
+    attn_drop_rate: float = 0.0  # dropout on the encoder's attention weights (VideoMAE's --attn_drop_rate)
 
 
 @dataclass

@@ -56,13 +56,18 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay", "eval.attn_weight_decay",
         "finetune.base_lr", "finetune.min_lr", "finetune.warmup_epochs", "finetune.weight_decay",
         "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad",
-        "finetune.epochs", "finetune.eval_every")},  # 0: test a fine-tuned file as it is
+        "finetune.eval_every", "train.warmup_lr", "finetune.warmup_lr",
+        "finetune.epochs")},  # 0: test a fine-tuned file as it is
     "method.con_weight": (lambda v: v == "grad_ratio" or v >= 0, ">= 0 or grad_ratio"),
     **{key: (_fraction, "in [0, 1)") for key in (
         "method.con_balance_smoothing", "data.image_ratio", "model.drop_path", "method.mask_ratio",
         "method.decoder_mask_ratio", "finetune.drop_path",
-        "finetune.label_smoothing", "finetune.reprob", "finetune.head_dropout", "eval.select_fraction")},
-    **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
+        "finetune.label_smoothing", "finetune.reprob", "finetune.head_dropout", "eval.select_fraction",
+        "finetune.attn_drop_rate")},
+    **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay",
+                                             "finetune.model_ema_decay")},
+    **{key: (lambda v: v is None or v >= 0, ">= 0 or unset") for key in ("train.weight_decay_end",
+                                                                         "finetune.weight_decay_end")},
     "data.test_crop_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "finetune.randaug_m": (lambda v: 0 <= v <= 10, "in [0, 10] (timm's RandAugment scale)"),

@@ -10,6 +10,7 @@ foreign file's classifier (official VideoMAE, Hugging Face, timm) is kept when t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -85,9 +86,13 @@ class FinetuneObjective(Method):
 
     name = "finetune"
 
-    def __init__(self, classifier: Classifier, num_classes: int, mixup: float, cutmix: float, smoothing: float):
+    def __init__(self, classifier: Classifier, num_classes: int, mixup: float, cutmix: float, smoothing: float,
+                 ema_decay: float | None = None):
         super().__init__()
         self.classifier, self.num_classes, self.smoothing = classifier, num_classes, smoothing
+        # the EMA is a frozen submodule, so the checkpoint saves it and --resume restores it with the model
+        self.ema = copy.deepcopy(classifier).requires_grad_(False).eval() if ema_decay is not None else None
+        self.ema_decay = ema_decay
         mixers = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + \
                  ([v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else [])
         self.mix = v2.RandomChoice(mixers) if mixers else None  # timm: one of the two per batch, p = 0.5
@@ -100,6 +105,17 @@ class FinetuneObjective(Method):
             video, target = self.mix(tv_tensors.Video(clip.transpose(1, 2)), labels)
             clip = video.as_subclass(torch.Tensor).transpose(1, 2)
         return clip, target * (1 - self.smoothing) + self.smoothing / self.num_classes
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """ema <- decay x ema + (1 - decay) x weights, after every optimiser step (timm's ModelEmaV2); buffers copied."""
+        if self.ema is None:
+            return
+        for ema, live in zip(self.ema.state_dict().values(), self.classifier.state_dict().values(), strict=True):
+            if ema.dtype.is_floating_point:
+                ema.lerp_(live, 1.0 - self.ema_decay)
+            else:
+                ema.copy_(live)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
         clip, target = self.soft_targets(batch["video"], batch["label"])
@@ -168,9 +184,7 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
         samples, select_samples = training_and_selection(config)
     num_classes, use_head = classes_and_head(checkpoint, head, [s.label for s in samples + val_samples],
                                              config.eval.feature, test_only)
-    # Rebuild the encoder with fine-tuning's drop path, then take the pre-trained weights.
-    encoder = build_encoder(dataclasses.replace(config.model, drop_path=ft.drop_path))
-    encoder.load_state_dict(method.encoder.state_dict())
+    encoder = finetune_encoder(config, method.encoder)
     train = finetune_train_config(config)
     test_set = VideoDataset(val_samples, MultiViewClips(config.data, config.eval.clips, config.eval.crops),
                             backend=config.data.decoder)
@@ -192,7 +206,8 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
 
     def make_job(device: torch.device) -> Job:
         classifier = build_classifier(device)
-        objective = FinetuneObjective(classifier, num_classes, ft.mixup, ft.cutmix, ft.label_smoothing)
+        objective = FinetuneObjective(classifier, num_classes, ft.mixup, ft.cutmix, ft.label_smoothing,
+                                      ft.model_ema_decay if ft.model_ema else None)
         view = ClipView(config.data, train=True, randaug=(ft.randaug_n, ft.randaug_m), erase=ft.reprob)
         dataset = VideoDataset(samples, view, backend=config.data.decoder, cache_decoded=config.data.cache_decoded,
                                repeat=config.data.repeat)
@@ -202,12 +217,25 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
 
         def finish(trained: FinetuneObjective) -> dict[str, Any]:
             result = summarize(multiview_accuracy(trained.classifier, test_set, config, device))
+            if trained.ema is not None:
+                ema = multiview_accuracy(trained.ema, test_set, config, device)
+                result["ema"] = {"top1": ema["top1"], "top5": ema["top5"], "decay": ft.model_ema_decay}
             return {**result, **checker.test_best(trained, test_set)}
 
         return Job(objective, dataset, layer_decay_groups(classifier, ft.weight_decay, ft.layer_decay), train, finish,
                    after_epoch=checker if ft.eval_every else None)
 
     return train_loop(config, output, make_job, resume, overwrite=overwrite)
+
+
+def finetune_encoder(config: Config, pretrained: nn.Module) -> nn.Module:
+    """The encoder rebuilt with fine-tuning's drop path and attention dropout, holding the pre-trained weights."""
+    encoder = build_encoder(dataclasses.replace(config.model, drop_path=config.finetune.drop_path))
+    encoder.load_state_dict(pretrained.state_dict())
+    for module in encoder.modules():
+        if hasattr(module, "attn_drop"):
+            module.attn_drop = config.finetune.attn_drop_rate
+    return encoder
 
 
 def training_and_selection(config: Config) -> tuple[list, list]:

@@ -63,7 +63,7 @@ from cmae.engine.runtime import (
     seed_everything,
     to_device,
 )
-from cmae.engine.schedule import cosine_with_warmup
+from cmae.engine.schedule import cosine_with_warmup, set_group_rates
 from cmae.engine.signals import EXIT_PREEMPTED, Preempted, StopSignals
 
 BEST_NAME = "checkpoint-best.pt"  # the epoch an `after_epoch` judged best (fine-tuning's eval_every)
@@ -204,10 +204,11 @@ def train_one_epoch(run: Run, epoch: int) -> None:
     batches = iter(run.loader)
     run.interval = Interval()
     for index in range(first, run.steps_per_epoch):
-        lr = cosine_with_warmup(run.step, run.total_steps, run.warmup_steps, run.lr_peak, train.min_lr)
+        lr = cosine_with_warmup(run.step, run.total_steps, run.warmup_steps, run.lr_peak, train.min_lr, train.warmup_lr)
         method.set_epoch(run.step / run.steps_per_epoch)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        decay = None if train.weight_decay_end is None else cosine_with_warmup(  # BEiT's and VideoMAE's schedule
+            run.step, run.total_steps, 0, train.weight_decay, train.weight_decay_end)
+        set_group_rates(run.optimizer.param_groups, lr, decay)
         last_step = index == run.steps_per_epoch - 1
         logging = (run.step + 1) % train.log_every == 0 or run.step + 1 == run.total_steps or last_step
         measure = (logging and train.log_term_grads) or method.wants_term_grads(logging)
