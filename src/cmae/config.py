@@ -245,6 +245,9 @@ class EvalConfig:
     # hold out this class-balanced fraction of the training set to choose the grid's winner (and fine-tuning's
     # best epoch); only the winner is scored on data.val. 0: no selection split (a grid then needs one)
     select_fraction: float = 0.0
+    # train the probes on features of augmented training clips (the pre-training crop and flip), computed anew
+    # each epoch as V-JEPA does, instead of cached test views: an encoder pass per probe epoch
+    probe_augment: bool = False
 
 
 @dataclass

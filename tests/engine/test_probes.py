@@ -97,3 +97,23 @@ def test_cmae_attnprobe_writes_a_summary(synth_dir, tiny_run, tmp_path, capsys):
     assert "attnprobe: top1" in capsys.readouterr().out
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert {"top1", "top5"} <= set(summary) and summary["views"] == 2 and summary["chosen"]["select_top1"] is None
+
+
+def test_probe_augment_runs_the_encoder_on_augmented_clips_each_epoch(synth_dir, tiny_run, tmp_path, monkeypatch):
+    import cmae.engine.evaluate as evaluate
+
+    views = []
+    original = evaluate.feature_batches
+
+    def spy(encoder, samples, config, device, readout=None, view=None):
+        views.append((type(view).__name__, len(samples)))
+        return original(encoder, samples, config, device, readout, view)
+
+    monkeypatch.setattr(evaluate, "feature_batches", spy)
+    overrides = [f"data.train={synth_dir / 'train.txt'}", f"data.val={synth_dir / 'val.txt'}", "eval.batch_size=8",
+                 "eval.probe_epochs=3", "eval.probe_augment=true", "eval.select_fraction=0.25", "eval.cache=false"]
+    summary = evaluate.frozen_evaluation("linprobe", tiny_run / "checkpoint-last.pt", tmp_path / "lp",
+                                         overrides=overrides)
+    augmented = [count for name, count in views if name == "ClipView"]
+    assert augmented == [24 - summary["num_select"]] * 3  # the fit part, once per probe epoch
+    assert summary["chosen"]["select_top1"] is not None and 0 <= summary["top1"] <= 100

@@ -9,6 +9,8 @@ under the checkpoint's folder, so probes train on tensors in seconds.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -27,7 +29,7 @@ from cmae.config import Config, ConfigError, InputError, reject_choice, save_con
 from cmae.data.dataset import VideoDataset, decoded_items
 from cmae.data.decoding import resolve_backend
 from cmae.data.lists import Sample, check_same_classes, read_samples
-from cmae.data.views import MultiViewClips
+from cmae.data.views import ClipView, MultiViewClips
 from cmae.engine.checkpoint import save_checkpoint
 from cmae.engine.knn import knn_classify
 from cmae.engine.probes import (
@@ -103,17 +105,19 @@ def _cache_key(checkpoint: str | Path, samples: Sequence[Sample], config: Config
 
 @torch.no_grad()
 def feature_batches(encoder: nn.Module, samples: Sequence[Sample], config: Config, device: torch.device,
-                    readout: str | None = None):
+                    readout: str | None = None, view: Any = None):
     """Yield (features `[b, D]`, labels `[b]`, indices into `samples` `[b]`) batch by batch, views
     averaged, undecodable files left out; the encoder in eval mode, under the run's autocast.
     `readout`: `eval.feature` by default; "tokens" yields the patch-token grids `[b, N, D]` in fp16
-    (the attentive probe's input; fp16 halves a cache that is N times the pooled one)."""
+    (the attentive probe's input; fp16 halves a cache that is N times the pooled one). `view`: the test
+    views by default; a one-clip view (`ClipView`) gives one feature per sample."""
     dtype = resolve_precision(config.train.precision, device)
-    view = MultiViewClips(config.data, config.eval.clips, config.eval.crops)
+    view = view or MultiViewClips(config.data, config.eval.clips, config.eval.crops)
     loader = DataLoader(VideoDataset(samples, view, backend=config.data.decoder),
                         batch_size=config.eval.batch_size, num_workers=config.data.num_workers)
     for batch in loader:
-        clips = batch["video"].to(device)  # [B, V, C, T, H, W]
+        clips = batch["video"].to(device)
+        clips = clips[:, None] if clips.dim() == 5 else clips  # [B, V, C, T, H, W]
         b, v = clips.shape[:2]
         inputs = clips.flatten(0, 1)  # token order is time-major: [T', H', W']
         with autocast(device, dtype):
@@ -197,6 +201,12 @@ def frozen_evaluation(protocol: str, checkpoint: str | Path, output: str | Path,
     train_x, train_y, train_skipped = features(config.data.train)
     keep = balanced_fraction(train_y.tolist(), config.eval.label_fraction, config.eval.fraction_seed)
     train_x, train_y = train_x[keep], train_y[keep]
+    stream = None
+    if config.eval.probe_augment and protocol != "knn":
+        if train_skipped:
+            raise InputError(f"eval.probe_augment needs every file of data.train decodable ({train_skipped} are not)")
+        samples = read_samples(config.data.train, config.data, labelled=True)
+        stream = augmented_stream(method.encoder, [samples[i] for i in keep], config, readout)
     val_labels = [sample.label for sample in read_samples(config.data.val, config.data, labelled=True)]
     num_classes = max(int(train_y.max()), *val_labels) + 1
     if protocol == "knn":
@@ -205,7 +215,7 @@ def frozen_evaluation(protocol: str, checkpoint: str | Path, output: str | Path,
                               config.eval.knn_temperature, config.eval.knn_normalize)
         result["knn_normalize"] = config.eval.knn_normalize
     else:
-        heads, result = probe_grid(protocol, train_x, train_y, num_classes, config)
+        heads, result = probe_grid(protocol, train_x, train_y, num_classes, config, stream)
         # data.val is read only now, and scored only for the chosen setting
         val_x, val_y, val_skipped = features(config.data.val)
         result.update(topk_accuracy(probe_scores(heads[result["chosen"]["index"]], val_x), val_y))
@@ -218,18 +228,37 @@ def frozen_evaluation(protocol: str, checkpoint: str | Path, output: str | Path,
     return summary
 
 
-def probe_grid(protocol: str, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-               config: Config) -> tuple[list[nn.Module], dict[str, Any]]:
+def augmented_stream(encoder: nn.Module, samples: Sequence[Sample], config: Config, readout: str | None):
+    """`eval.probe_augment`: `(fit, epoch, batch) ->` batches of features of augmented clips of `samples[fit]`
+    (the pre-training crop and flip, one clip each), in a seeded fresh order each epoch."""
+    device = resolve_device(config.train.device)
+    view = ClipView(config.data, train=True)
+
+    def stream(fit: Sequence[int], epoch: int, batch: int):
+        encoder.eval().to(device)
+        order = torch.randperm(len(fit), generator=torch.Generator().manual_seed(config.train.seed + epoch))
+        batched = dataclasses.replace(config, eval=dataclasses.replace(config.eval, batch_size=batch))
+        for features, labels, _ in feature_batches(encoder, [samples[fit[i]] for i in order], batched, device,
+                                                   readout, view):
+            yield features, labels
+
+    return stream
+
+
+def probe_grid(protocol: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, config: Config,
+               stream=None) -> tuple[list[nn.Module], dict[str, Any]]:
     """Train every `eval.probe_grid` setting (or the one of `eval.*`) on the training features minus the
-    selection split (`eval.select_fraction`), all together; score each on that split and choose the best
-    (the first of equals). -> the trained heads and {"grid": [...], "chosen": {...}} (no data.val in sight)."""
+    selection split (`eval.select_fraction`), all together (on `stream`'s augmented clips when given);
+    score each on that split and choose the best (the first of equals). -> the trained heads and
+    {"grid": [...], "chosen": {...}} (no data.val in sight)."""
     kind = "linear" if protocol == "linprobe" else "attentive"
     cfg = config.eval
     select = balanced_fraction(y.tolist(), cfg.select_fraction, cfg.fraction_seed + 1) if cfg.select_fraction else []
     fit = sorted(set(range(len(y))) - set(select))
     settings = grid_settings(kind, cfg)
     heads = make_heads(kind, len(settings), x.shape[-1], num_classes, cfg, config.train.seed)
-    train_probes(heads, settings, x[fit], y[fit], kind, cfg, config.train.seed)
+    train_probes(heads, settings, x[fit], y[fit], kind, cfg, config.train.seed,
+                 None if stream is None else functools.partial(stream, fit))
     grid = []
     for index, (head, setting) in enumerate(zip(heads, settings, strict=True)):
         score = topk_accuracy(probe_scores(head, x[select]), y[select])["top1"] if select else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -114,9 +114,24 @@ def make_heads(kind: str, count: int, dim: int, num_classes: int, cfg: EvalConfi
     return [AttentiveProbe(dim, num_classes, cfg.attn_queries, cfg.attn_depth, cfg.attn_heads) for _ in range(count)]
 
 
-def train_probes(heads: Sequence[nn.Module], settings: Sequence[ProbeSetting], x: torch.Tensor, y: torch.Tensor,
-                 kind: str, cfg: EvalConfig, seed: int = 0) -> None:
-    """Train every head on features `x` (`[N, D]` or token grids `[N, L, D]`) and labels `[N]`, in place.
+def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch: int, seed: int = 0) -> Callable[[int], Iterator]:
+    """`epoch -> (features, labels)` batches of a fresh seeded shuffle of cached features each epoch."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(y), generator=generator)
+        for start in range(0, len(y), batch):
+            yield x[order[start : start + batch]], y[order[start : start + batch]]
+
+    return epoch_batches
+
+
+def train_probes(heads: Sequence[nn.Module], settings: Sequence[ProbeSetting], x: torch.Tensor | None, y: torch.Tensor,
+                 kind: str, cfg: EvalConfig, seed: int = 0,
+                 stream: Callable[[int, int], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> None:
+    """Train every head on features `x` (`[N, D]` or token grids `[N, L, D]`) and labels `[N]`, in place;
+    or, given `stream(epoch, batch)`, on the batches it yields each epoch (`eval.probe_augment`: features of
+    augmented clips, computed as they go; `x` unused, `y` gives the count).
 
     linear: SGD momentum 0.9, lr = setting.lr x batch / 256, `probe_epochs`, `probe_batch_size`;
     attentive: AdamW, lr = setting.lr, `attn_epochs`, `attn_batch_size`. Both per-iteration cosine
@@ -124,28 +139,25 @@ def train_probes(heads: Sequence[nn.Module], settings: Sequence[ProbeSetting], x
     """
     linear = kind == "linear"
     epochs = cfg.probe_epochs if linear else cfg.attn_epochs
-    batch = min(cfg.probe_batch_size if linear else cfg.attn_batch_size, len(x))
+    batch = min(cfg.probe_batch_size if linear else cfg.attn_batch_size, len(y))
     scale = batch / 256 if linear else 1.0
     peaks = [setting.lr * scale for setting in settings]
     groups = [{"params": list(head.parameters()), "lr": peak, "weight_decay": setting.weight_decay}
               for head, peak, setting in zip(heads, peaks, settings, strict=True)]
     optimizer = torch.optim.SGD(groups, lr=peaks[0], momentum=0.9) if linear else torch.optim.AdamW(groups, lr=peaks[0])
-    steps_per_epoch = math.ceil(len(x) / batch)
+    steps_per_epoch = math.ceil(len(y) / batch)
     total = epochs * steps_per_epoch
     warmup = min(cfg.probe_warmup_epochs, epochs / 2) * steps_per_epoch
-    generator = torch.Generator().manual_seed(seed)
+    epoch_batches = tensor_batches(x, y, batch, seed) if stream is None else lambda epoch: stream(epoch, batch)
     step = 0
     for head in heads:
         head.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch):
-            index = order[start : start + batch]
-            if len(index) < 2:  # BatchNorm needs two samples
+    for epoch in range(epochs):
+        for inputs, targets in epoch_batches(epoch):
+            if len(targets) < 2:  # BatchNorm needs two samples
                 continue
             for group, peak in zip(optimizer.param_groups, peaks, strict=True):
                 group["lr"] = cosine_with_warmup(step, total, warmup, peak)
-            inputs, targets = x[index], y[index]
             loss = sum(F.cross_entropy(head(inputs), targets) for head in heads)
             optimizer.zero_grad()
             loss.backward()
