@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="loss curves of run folders to a PNG")
     plot.add_argument("runs", nargs="+", metavar="RUN", help="run folders with metrics.jsonl")
     plot.add_argument("--output", required=True, help="PNG file to write")
-    plot.add_argument("--keys", nargs="+", help="logged keys to plot (default: loss, loss_rec, loss_con if logged)")
+    plot.add_argument("--keys", nargs="+",
+                      help="logged keys to plot (default: loss, loss_rec, loss_con, monitor_top1 if logged)")
     plot.set_defaults(func=cmd_plot)
 
     add_evaluations(commands)
