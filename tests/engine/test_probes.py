@@ -10,9 +10,11 @@ import torch
 from cmae.config import ConfigError, EvalConfig, load_config
 from cmae.engine.probes import (
     AttentiveProbe,
+    CrossAttention,
     ProbeSetting,
     grid_settings,
     make_heads,
+    normalize,
     probe_scores,
     topk_accuracy,
     train_probes,
@@ -32,6 +34,19 @@ def test_attentive_probe_finds_the_one_token_that_carries_the_class():
     train_probes(heads, [ProbeSetting(3e-3, 0.01)], x[:300], y[:300], "attentive", cfg)
     assert probe_scores(heads[0], x[300:].half()).shape == (100, 4)  # cached grids are fp16
     assert topk_accuracy(probe_scores(heads[0], x[300:]), y[300:])["top1"] > 90
+
+
+def test_cross_attention_from_the_query_side_equals_the_textbook_one():
+    torch.manual_seed(2)
+    cross = CrossAttention(16, num_heads=4)
+    for parameter in cross.parameters():
+        torch.nn.init.normal_(parameter)  # a non-trivial norm affine and biases too
+    queries, tokens = torch.randn(3, 2, 16), torch.randn(3, 10, 16)
+    x = cross.norm(tokens)
+    q = cross.q(queries).reshape(3, 2, 4, 4).transpose(1, 2)
+    k, v = (layer(x).reshape(3, 10, 4, 4).transpose(1, 2) for layer in (cross.k, cross.v))
+    expected = cross.proj(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(3, 2, 16))
+    torch.testing.assert_close(cross(queries, normalize(tokens)), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_settings_trained_together_equal_each_trained_alone():

@@ -45,24 +45,40 @@ def grid_settings(kind: str, cfg: EvalConfig) -> list[ProbeSetting]:
 
 
 class CrossAttention(nn.Module):
-    """Queries `[B, Q, D]` attend over tokens `[B, N, D]` -> `[B, Q, D]`."""
+    """A few queries `[B, Q, D]` attend over LayerNorm(tokens) -> `[B, Q, D]` (V-JEPA's cross-attention: the
+    norm's affine, q, k, v and proj linears), computed from the query side.
+
+    Keys and values are linear in the tokens, so nothing is projected per token: each head's query is
+    mapped back to token space (score = (W_k^T q * gamma) . n; the terms without n cancel in the softmax)
+    and the values are the projection of the attention-weighted mean of the normalised tokens n. The
+    result is the textbook one (a test checks it) at Q x heads x N x D products instead of N x D x 2D: a
+    probe costs little next to the LayerNorm of the tokens, which every probe of a grid shares.
+    """
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"eval.attn_heads={num_heads} does not divide the encoder's width {dim}")
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)  # its affine part, on the query side; `normalize` is the rest
+        self.q, self.k, self.v, self.proj = (nn.Linear(dim, dim) for _ in range(4))
 
-    def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """queries `[B, Q, D]`, `normalize(tokens)` `[B, N, D]` -> `[B, Q, D]`."""
         b, q_len, d = queries.shape
-        heads = self.num_heads
-        q = self.q(queries).reshape(b, q_len, heads, d // heads).transpose(1, 2)
-        k, v = self.kv(tokens).reshape(b, tokens.shape[1], 2, heads, d // heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, Q, d_head]
-        return self.proj(out.transpose(1, 2).reshape(b, q_len, d))
+        heads, width = self.num_heads, d // self.num_heads
+        q = self.q(queries).reshape(b, q_len, heads, width)
+        probe = torch.einsum("bqhc,hcd->bqhd", q, self.k.weight.reshape(heads, width, d)) * self.norm.weight
+        weights = (torch.einsum("bqhd,bnd->bhqn", probe, normed) * width**-0.5).softmax(dim=-1)
+        pooled = torch.einsum("bhqn,bnd->bqhd", weights, normed) * self.norm.weight + self.norm.bias
+        out = torch.einsum("bqhd,hcd->bqhc", pooled, self.v.weight.reshape(heads, width, d))
+        return self.proj((out + self.v.bias.reshape(heads, width)).reshape(b, q_len, d))
+
+
+def normalize(tokens: torch.Tensor) -> torch.Tensor:
+    """Token grids `[B, N, D]` (fp16 from the cache) -> float32 LayerNorm without affine: the attentive
+    probes' shared input."""
+    return F.layer_norm(tokens.float(), tokens.shape[-1:], eps=1e-6)
 
 
 class AttentiveProbe(nn.Module):
@@ -75,7 +91,6 @@ class AttentiveProbe(nn.Module):
     def __init__(self, dim: int, num_classes: int, queries: int = 1, depth: int = 1, heads: int = 4):
         super().__init__()
         self.queries = nn.Parameter(torch.zeros(1, queries, dim))
-        self.norm_tokens = nn.LayerNorm(dim, eps=1e-6)
         self.cross = CrossAttention(dim, heads)
         self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, 4 * dim)
@@ -88,9 +103,12 @@ class AttentiveProbe(nn.Module):
         nn.init.trunc_normal_(self.queries, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        tokens = tokens.float()  # cached as fp16
-        q = self.queries.expand(len(tokens), -1, -1)
-        q = q + self.cross(q, self.norm_tokens(tokens))
+        return self.classify(normalize(tokens))
+
+    def classify(self, normed: torch.Tensor) -> torch.Tensor:
+        """`normalize(tokens)` `[B, N, D]` -> logits `[B, K]` (a grid normalises once for all its probes)."""
+        q = self.queries.expand(len(normed), -1, -1)
+        q = q + self.cross(q, normed)
         q = q + self.mlp(self.norm_mlp(q))
         for block in self.blocks:
             q = block(q)
@@ -158,7 +176,11 @@ def train_probes(heads: Sequence[nn.Module], settings: Sequence[ProbeSetting], x
                 continue
             for group, peak in zip(optimizer.param_groups, peaks, strict=True):
                 group["lr"] = cosine_with_warmup(step, total, warmup, peak)
-            loss = sum(F.cross_entropy(head(inputs), targets) for head in heads)
+            if linear:
+                loss = sum(F.cross_entropy(head(inputs.float()), targets) for head in heads)
+            else:  # the LayerNorm of the tokens, the probes' largest cost, once for all of them
+                normed = normalize(inputs)
+                loss = sum(F.cross_entropy(head.classify(normed), targets) for head in heads)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
