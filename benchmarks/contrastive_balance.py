@@ -7,7 +7,8 @@ For each method (`cmae_v`, `vic_mae`), encoder size and weight setting, the meth
 (batch 32, 64x64 clips of the demo data) with `train.log_term_grads=true`:
 - at init: the gradient norm of each loss term on the shared encoder's parameters, for the
   first batch (a one-step run);
-- after `--steps` steps: the same at the last step of a run of that length.
+- after `--steps` steps: the same at the last step of a run of that length (the rule re-measures
+  lambda every 5 steps meanwhile, as the demo presets' `train.log_every` makes it).
 `InfoNCE : rec` is |grad L_con| / |grad L_rec| (the terms unweighted); `effective` multiplies
 it by lambda, the weight the step used (for `grad_ratio`, the rule's lambda at that step). AdamW
 normalises each parameter's step, so an effective ratio far above 1 means the encoder follows
@@ -28,6 +29,7 @@ from cmae.engine.pretrain import pretrain
 from cmae.engine.runtime import read_metrics
 
 RULE = ["method.con_weight=grad_ratio", "method.con_grad_ratio=0.3"]  # as the cmae_v demo preset uses it
+RULE_EVERY = 5  # the rule re-measures on logging steps: the demo presets' train.log_every
 SETTINGS = {  # name -> overrides; the presets' own numbers, and the rule
     "cmae_v": {"1 (paper)": ["method.con_weight=1"], "grad_ratio 0.3": RULE},
     "vic_mae": {"0.03 (demo)": ["method.con_weight=0.03"], "grad_ratio 0.3": RULE},
@@ -36,15 +38,16 @@ SETTINGS = {  # name -> overrides; the presets' own numbers, and the rule
 SIZE_OVERRIDES = {"vit_small": ["model.patch_size=16"], "vit_base": ["model.patch_size=16"]}
 
 
-def measured(folder: Path, overrides: list[str], preset: Path, steps: int) -> dict:
-    """The last logged row of a `steps`-step run (log_every = steps, so it measures that step)."""
+def measured(folder: Path, overrides: list[str], preset: Path, steps: int, every: int) -> dict:
+    """The last logged row of a `steps`-step run that logs (and measures) every `every` steps: a
+    fixed weight needs one measurement, at the last step; the rule re-measures as the demo does."""
     done = folder / "metrics.jsonl"
     if not done.is_file() or read_metrics(done)[-1]["step"] != steps:
         epochs = -(-steps // 50)  # 50 steps per epoch on the demo's 1,600 clips
         config = load_config(preset, [*overrides, f"train.epochs={epochs}",
-                                      f"train.max_steps_per_epoch={-(-steps // epochs)}", f"train.log_every={steps}",
+                                      f"train.max_steps_per_epoch={-(-steps // epochs)}", f"train.log_every={every}",
                                       "train.log_term_grads=true", "train.tensorboard=false"])
-        pretrain(config, folder)
+        pretrain(config, folder, overwrite=True)  # an unfinished run of an earlier call: again
     return read_metrics(done)[-1]
 
 
@@ -81,14 +84,16 @@ def main(argv: list[str] | None = None) -> None:
                 common = [f"data.train={data / 'train.txt'}", f"model.name={size}", *SIZE_OVERRIDES.get(size, []),
                           *extra, *overrides]
                 tag = f"{method}-{size}-{setting.split()[0]}"
-                init = measured(output / tag / "init", common, PRESETS / f"{method}.yaml", 1)
+                init = measured(output / tag / "init", common, PRESETS / f"{method}.yaml", 1, 1)
                 target = 0.3 if "grad_ratio" in setting else None
+                every = RULE_EVERY if target else args.steps
                 cells = list(ratio_cells(init, target))
                 row = {"method": method, "size": size, "setting": setting, "init": init}
                 if size in args.init_only:
                     cells += ["-", "-", "-"]
                 else:
-                    row["trained"] = measured(output / tag / "trained", common, PRESETS / f"{method}.yaml", args.steps)
+                    row["trained"] = measured(output / tag / "trained", common, PRESETS / f"{method}.yaml", args.steps,
+                                              every)
                     cells += ratio_cells(row["trained"], target)
                 rows.append(row)
                 lines.append(f"| {method} | {size} | {setting} | " + " | ".join(cells) + " |")

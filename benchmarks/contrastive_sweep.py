@@ -111,7 +111,7 @@ def run_point(method: str, name: str, overrides: list[str], data: Path, split, o
     else:
         config = load_config(PRESETS / f"{method}.yaml",
                              [f"data.train={data / 'train.txt'}", f"train.epochs={epochs}", *overrides])
-        summary = pretrain(config, folder)
+        summary = pretrain(config, folder, overwrite=True)  # no point.json: unfinished, again
         checkpoint = folder / "checkpoint-last.pt"
         row = {"point": name, "overrides": overrides, "seconds": summary.get("seconds")}
     for task, (_, val, task_overrides) in TASKS.items():

@@ -2,6 +2,7 @@
 
     python benchmarks/demo_seeds.py                 # seeds 0 1 2, the demo's defaults (~30 min on 2 cores)
     python benchmarks/demo_seeds.py --seeds 0 --output /tmp/d
+    python benchmarks/demo_seeds.py --attentive     # with the attentive probe's columns (+ ~18 min a seed)
 
 Each seed is a whole `cmae demo` (`train.seed=S`: the pre-training runs, their masks and
 augmentations, and the random-init floors all change with it; the data set stays the same).
@@ -18,13 +19,24 @@ import math
 import statistics
 from pathlib import Path
 
-from cmae.demo import CLAIMS, DEMO_EPOCHS, DEMO_SPEC, budget_text, claim_lines, difference_se, run_demo
+from cmae.demo import (
+    CLAIMS,
+    DEMO_EPOCHS,
+    DEMO_SPEC,
+    PROTOCOLS,
+    budget_text,
+    claim_lines,
+    difference_se,
+    run_demo,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="runs/demo_seeds")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--attentive", action="store_true", help="add the attentive probe's columns (cmae attnprobe; "
+                        "about 1.5 min per encoder and task on 2 cores, too long for cmae demo itself)")
     args = parser.parse_args(argv)
     output = Path(args.output)
     runs: dict[int, list[dict]] = {}
@@ -32,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
         folder = output / f"seed{seed}"
         done = folder / "results.json"
         if not done.exists():
-            run_demo(folder, overrides=[f"train.seed={seed}"])
+            run_demo(folder, overrides=[f"train.seed={seed}"],
+                     protocols=(*PROTOCOLS, "attnprobe") if args.attentive else PROTOCOLS)
         runs[seed] = json.loads(done.read_text())
     text = seed_table(runs)
     (output / "results.md").write_text(text)

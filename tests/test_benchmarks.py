@@ -81,3 +81,20 @@ def test_resize_benchmark_prints_its_table():
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "interval" not in line]
     assert [row[0].strip() for row in rows] == ["8", "64"]
     assert all(float(value) > 0 for row in rows for value in row[1:])
+
+
+def test_probe_grid_benchmark_prints_its_table(synth_dir, tmp_path, capsys):
+    import probe_grid
+
+    from cmae.engine.pretrain import pretrain
+    from tests.helpers import tiny_overrides
+
+    pretrain(load_config("configs/demo/videomae.yaml", tiny_overrides(synth_dir, **{"train.epochs": 1})), tmp_path / "r")
+    probe_grid.main(["--checkpoint", str(tmp_path / "r" / "checkpoint-last.pt"), "--train", str(synth_dir / "train.txt"),
+                     "--val", str(synth_dir / "val.txt"), "--output", str(tmp_path / "out"), "--augment", "12",
+                     "eval.attn_epochs=1", "eval.probe_epochs=2", "eval.attn_heads=2", "eval.batch_size=8"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
+    assert [(row[0].strip(), row[1].strip()) for row in rows] == [
+        ("linprobe", "1"), ("linprobe", "6"), ("attnprobe", "1"), ("attnprobe", "6"),
+        *[(f"{p}, probe_augment, 12 clips", n) for p in ("linprobe", "attnprobe") for n in ("1", "6")]]
+    assert all(float(row[-1]) > 0 for row in rows)

@@ -20,6 +20,9 @@ def test_demo_writes_table_curves_and_picture(tmp_path):
     assert all(0 <= value <= 100 for row in rows for key, value in row.items() if key != "encoder")
     for name in ("results.md", "results.json", "losses.png", "reconstruction.png", "reconstruction-neighbours.png"):
         assert (tmp_path / name).is_file(), name
+    for method in ("videomae", "vic_mae"):  # train.monitor is on: the curves' last panel
+        logged = (tmp_path / method / "metrics.jsonl").read_text()
+        assert "\"monitor_top1\"" in logged and "/monitor-train" in (tmp_path / method / "config.yaml").read_text()
     summaries = sorted((tmp_path / "eval").glob("*/summary.json"))
     assert len(summaries) == len(rows) * 2 * len(TASKS)  # one folder per encoder, task and protocol
     floor_config = (tmp_path / "eval" / "random-videomae-motion-knn" / "config.yaml").read_text()

@@ -1,4 +1,4 @@
-"""The `cmae` command: synth, prepare, pretrain, linprobe, knn, finetune, visualize, plot, extract, export, demo,
+"""The `cmae` command: synth, prepare, pretrain, linprobe, attnprobe, knn, finetune, visualize, plot, extract, export, demo,
 presets, models."""
 
 from __future__ import annotations
@@ -237,7 +237,8 @@ def add_weights_commands(commands) -> None:
 
 def add_evaluations(commands) -> None:
     """linprobe, knn and finetune: one signature."""
-    protocols = {"linprobe": "linear probe on frozen features", "knn": "weighted kNN on frozen features",
+    protocols = {"linprobe": "linear probe on frozen features", "attnprobe": "attentive probe (V-JEPA) on frozen "
+                 "token grids", "knn": "weighted kNN on frozen features",
                  "finetune": "end-to-end fine-tuning"}
     for name, text in protocols.items():
         evaluate = commands.add_parser(name, help=text)
@@ -299,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="loss curves of run folders to a PNG")
     plot.add_argument("runs", nargs="+", metavar="RUN", help="run folders with metrics.jsonl")
     plot.add_argument("--output", required=True, help="PNG file to write")
-    plot.add_argument("--keys", nargs="+", help="logged keys to plot (default: loss, loss_rec, loss_con if logged)")
+    plot.add_argument("--keys", nargs="+",
+                      help="logged keys to plot (default: loss, loss_rec, loss_con, monitor_top1 if logged)")
     plot.set_defaults(func=cmd_plot)
 
     add_evaluations(commands)

@@ -167,6 +167,20 @@ class ScheduleConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float = 0.0  # max gradient norm; 0 disables clipping
     accum_steps: int = 1  # micro-batches per optimiser step, each batch_size / (processes x accum_steps) (--update_freq)
+    warmup_lr: float = 0.0  # the lr the linear warm-up starts from (VideoMAE's --warmup_lr)
+    # a cosine from weight_decay to this over the run, on the decayed groups (VideoMAE's --weight_decay_end);
+    # unset: constant
+    weight_decay_end: float | None = None
+
+
+@dataclass
+class MonitorConfig:
+    """A cheap frozen evaluation during pre-training (`train.monitor`), logged as `monitor_top1`."""
+
+    every_epochs: int = 0  # 0: off
+    train: str = ""  # a small labelled list (or ImageFolder) the kNN / probe learns from
+    val: str = ""  # the one it is scored on
+    protocol: Literal["knn", "linprobe"] = "knn"
 
 
 @dataclass
@@ -194,6 +208,7 @@ class TrainConfig(ScheduleConfig):
     # with accum_steps > 1, contrastive terms (negatives, head BatchNorm) over the whole global batch by gradient
     # caching (a second forward pass per micro-batch) | over each micro-batch (warns)
     contrastive_accumulation: Literal["exact", "micro"] = "micro"
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 @dataclass
@@ -214,6 +229,28 @@ class EvalConfig:
     probe_weight_decay: float = 0.0
     knn_k: int = 20
     knn_temperature: float = 0.07
+    # kNN feature normalisation with training-set statistics: none | batchnorm (centre, unit variance per
+    # dimension, the linear probe's BatchNorm) | whiten (centre, then PCA-whiten): MAE-type features are
+    # dominated by a few large directions that swamp the cosine
+    knn_normalize: Literal["none", "batchnorm", "whiten"] = "none"
+    # attentive probe (`cmae attnprobe`, V-JEPA's): learned queries cross-attend over the frozen token grid,
+    # depth - 1 self-attention blocks over the queries, a linear classifier; AdamW, cosine with warm-up
+    attn_queries: int = 1
+    attn_depth: int = 1  # V-JEPA 1: 1; V-JEPA 2: 4 (with 16 heads)
+    attn_heads: int = 4
+    attn_epochs: int = 20
+    attn_batch_size: int = 64
+    attn_lr: float = 1e-3
+    attn_weight_decay: float = 0.01
+    # many probe settings in one pass: [[lr, ...], [weight_decay, ...]], every pair trained together on the same
+    # features (lr: probe_base_lr for linprobe, attn_lr for attnprobe); [] trains the one setting above
+    probe_grid: list[list[float]] = field(default_factory=list)
+    # hold out this class-balanced fraction of the training set to choose the grid's winner (and fine-tuning's
+    # best epoch); only the winner is scored on data.val. 0: no selection split (a grid then needs one)
+    select_fraction: float = 0.0
+    # train the probes on features of augmented training clips (the pre-training crop and flip), computed anew
+    # each epoch as V-JEPA does, instead of cached test views: an encoder pass per probe epoch
+    probe_augment: bool = False
 
 
 @dataclass
@@ -243,6 +280,13 @@ class FinetuneConfig(ScheduleConfig):
     # true keeps it (cmae's layout until then)
     encoder_norm: bool = False
     head_dropout: float = 0.0  # dropout between the pooled feature and the head (VideoMAE's --fc_drop_rate; UCF101: 0.5)
+    # every this many epochs a single-view validation (on the selection split when eval.select_fraction is set,
+    # else on data.val as the official scripts do); the best epoch is kept as checkpoint-best.pt. 0: off
+    eval_every: int = 0
+    # an exponential moving average of the classifier, tested beside it at the end (VideoMAE's --model_ema)
+    model_ema: bool = False
+    model_ema_decay: float = 0.9999
+    attn_drop_rate: float = 0.0  # dropout on the encoder's attention weights (VideoMAE's --attn_drop_rate)
 
 
 @dataclass
@@ -267,6 +311,15 @@ def validate(config: Config) -> Config:
     if config.train.strategy == "fsdp" and measures_grads:
         raise ConfigError("train.log_term_grads and method.con_weight=grad_ratio measure gradients on the whole "
                           "encoder, which train.strategy=fsdp shards: use ddp")
+    monitor = config.train.monitor
+    if monitor.every_epochs and not (monitor.train and monitor.val):
+        raise ConfigError("train.monitor.every_epochs needs train.monitor.train and train.monitor.val (labelled lists)")
+    grid = config.eval.probe_grid
+    if grid and (len(grid) != 2 or not all(grid)):
+        raise ConfigError(f"eval.probe_grid must be [[lr, ...], [weight_decay, ...]], got {grid}")
+    if grid and len(grid[0]) * len(grid[1]) > 1 and config.eval.select_fraction == 0:
+        raise ConfigError("eval.probe_grid has several settings: set eval.select_fraction (e.g. 0.2) to choose "
+                          "the winner on held-out training samples, never on data.val")
     return config
 
 

@@ -45,23 +45,30 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "train.epochs", "train.batch_size", "train.accum_steps", "train.log_every", "train.save_every",
         "data.repeat", "data.prefetch_factor",
         "eval.clips", "eval.crops", "eval.batch_size", "eval.probe_epochs", "eval.probe_batch_size",
-        "eval.knn_k", "eval.knn_temperature", "finetune.accum_steps")},
+        "eval.knn_k", "eval.knn_temperature", "eval.attn_queries", "eval.attn_depth", "eval.attn_heads",
+        "eval.attn_epochs", "eval.attn_batch_size", "eval.attn_lr", "finetune.accum_steps")},
     **{key: (_non_negative, ">= 0") for key in (
         "data.num_workers", "data.max_shift", "data.pixel_shift", "data.frame_gap", "model.patch_size",
         "model.decoder_depth", "method.feature_decoder_dim", "method.con_start_epoch", "train.base_lr", "train.lr",
         "train.min_lr", "train.warmup_epochs", "train.weight_decay", "train.clip_grad", "train.keep_every",
         "train.max_steps_per_epoch", "model.pos_frames", "train.save_every_steps", "train.keep_checkpoints",
-        "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay",
+        "train.monitor.every_epochs",
+        "eval.probe_base_lr", "eval.probe_warmup_epochs", "eval.probe_weight_decay", "eval.attn_weight_decay",
         "finetune.base_lr", "finetune.min_lr", "finetune.warmup_epochs", "finetune.weight_decay",
         "finetune.mixup", "finetune.cutmix", "finetune.randaug_n", "finetune.clip_grad",
         "finetune.batch_size",  # 0: train.batch_size
+        "finetune.eval_every", "train.warmup_lr", "finetune.warmup_lr",
         "finetune.epochs")},  # 0: test a fine-tuned file as it is
     "method.con_weight": (lambda v: v == "grad_ratio" or v >= 0, ">= 0 or grad_ratio"),
     **{key: (_fraction, "in [0, 1)") for key in (
         "method.con_balance_smoothing", "data.image_ratio", "model.drop_path", "method.mask_ratio",
         "method.decoder_mask_ratio", "finetune.drop_path",
-        "finetune.label_smoothing", "finetune.reprob", "finetune.head_dropout")},
-    **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay")},
+        "finetune.label_smoothing", "finetune.reprob", "finetune.head_dropout", "eval.select_fraction",
+        "finetune.attn_drop_rate")},
+    **{key: (_unit, "in [0, 1]") for key in ("data.max_failed_fraction", "method.momentum", "finetune.layer_decay",
+                                             "finetune.model_ema_decay")},
+    **{key: (lambda v: v is None or v >= 0, ">= 0 or unset") for key in ("train.weight_decay_end",
+                                                                         "finetune.weight_decay_end")},
     "data.test_crop_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "eval.label_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "finetune.randaug_m": (lambda v: 0 <= v <= 10, "in [0, 10] (timm's RandAugment scale)"),
@@ -82,7 +89,8 @@ def check_ranges(config: Any) -> None:
     """Raise ConfigError naming the first key of `RULES` whose value in `config` (a `cmae.config.Config`)
     is out of its range."""
     for key, (check, expected) in RULES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = config
+        for name in key.split("."):  # sections nest (train.monitor.every_epochs)
+            value = getattr(value, name)
         if not check(value):
             raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")

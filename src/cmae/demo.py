@@ -39,6 +39,14 @@ DEMO_EPOCHS = {"videomae": 6, "cmae_v": 3, "vic_mae": 18, "mae": 18}
 # Distractors share the main object's shape and colours, so a frame's appearance labels are unambiguous.
 DEMO_SPEC = SynthSpec(num_train=1600, num_val=640, same_shape_distractors=True, same_color_distractors=True)
 PROBE = ["eval.probe_epochs=100", "eval.probe_batch_size=256", "eval.probe_warmup_epochs=10"]
+# The frozen protocols of the table. The attentive probe (`attnprobe`) reads more, but its token grids and
+# training cost about 1.5 min per encoder and task on 2 cores, which the 10-minute demo cannot hold:
+# benchmarks/demo_seeds.py --attentive adds its columns.
+PROTOCOLS = ("linprobe", "knn")
+# train.monitor during pre-training: the linear probe on 96 training and 64 validation samples of the task the
+# method is built for (clips for the video methods, frames for the frame-level ones), twice per run
+MONITOR = {"videomae": "motion", "cmae_v": "motion", "vic_mae": "color", "mae": "color"}
+MONITOR_SIZES = (96, 64)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,9 @@ CLAIMS = (
     Claim("mae learns appearance", "color linprobe", "mae", IMAGE_FLOOR, margin=8),
     Claim("vic_mae learns appearance", "color linprobe", "vic_mae", IMAGE_FLOOR, margin=8),
     Claim("vic_mae's positives teach appearance beyond mae", "color linprobe", "vic_mae", "mae", min_se=2),
+    # with the attentive columns (benchmarks/demo_seeds.py --attentive)
+    Claim("videomae learns motion (attentive probe)", "motion attnprobe", "videomae", VIDEO_FLOOR),
+    Claim("cmae_v learns motion (attentive probe)", "motion attnprobe", "cmae_v", VIDEO_FLOOR),
 )
 
 
@@ -81,7 +92,7 @@ def claim_lines(claims: Sequence[Claim], rows: list[dict], se_of: Callable[[Clai
     by_name = {row["encoder"]: row for row in rows}
     lines = ["| claim | difference (points) | SE | margin in SE | holds |", "| --- | ---: | ---: | ---: | --- |"]
     for claim in claims:
-        if claim.encoder not in by_name or claim.baseline not in by_name:
+        if claim.encoder not in by_name or claim.baseline not in by_name or claim.column not in rows[0]:
             continue
         a, b = by_name[claim.encoder][claim.column], by_name[claim.baseline][claim.column]
         difference, se = a - b, se_of(claim, a, b)
@@ -105,7 +116,8 @@ def method_epochs(epochs: int | Mapping[str, int] | None, name: str) -> int:
 
 
 def run_demo(output: str | Path, epochs: int | Mapping[str, int] | None = None, methods: Sequence[str] = METHODS,
-             spec: SynthSpec = DEMO_SPEC, overrides: Sequence[str] = ()) -> list[dict]:
+             spec: SynthSpec = DEMO_SPEC, overrides: Sequence[str] = (),
+             protocols: Sequence[str] = PROTOCOLS) -> list[dict]:
     """Run the whole comparison; returns the table rows (also written to results.md)."""
     from cmae.engine.pretrain import pretrain
     from cmae.visualize import plot_runs, visualize
@@ -118,8 +130,8 @@ def run_demo(output: str | Path, epochs: int | Mapping[str, int] | None = None, 
     runs, budgets = {}, {}
     for name in methods:
         budgets[name] = method_epochs(epochs, name)
-        config = load_config(PRESETS / f"{name}.yaml",
-                             [f"data.train={data / 'train.txt'}", f"train.epochs={budgets[name]}", *overrides])
+        config = load_config(PRESETS / f"{name}.yaml", [f"data.train={data / 'train.txt'}", f"train.epochs={budgets[name]}",
+                                                        *monitor_overrides(data, name, budgets[name]), *overrides])
         log(f"pre-training {name} ({config.model.name}, {budgets[name]} epochs)")
         t = time.time()
         summary = pretrain(config, output / name, overwrite=True)  # a demo run again: the old runs move aside
@@ -132,7 +144,8 @@ def run_demo(output: str | Path, epochs: int | Mapping[str, int] | None = None, 
     candidates += [(label, f"random-{preset}", save_random_init(PRESETS / f"{preset}.yaml", overrides,
                                                                 output / f"random-{preset}"))
                    for label, preset in RANDOM_FLOORS.items()]
-    rows = [evaluate_encoder(label, folder, checkpoint, data, output) for label, folder, checkpoint in candidates]
+    rows = [evaluate_encoder(label, folder, checkpoint, data, output, protocols)
+            for label, folder, checkpoint in candidates]
 
     plot_runs([output / name for name in methods], output / "losses.png")
     first_clip = (data / "val.txt").read_text().split()[0]
@@ -160,13 +173,28 @@ def save_random_init(preset: Path, overrides: Sequence[str], folder: Path) -> Pa
     return path
 
 
-def evaluate_encoder(label: str, folder: str, checkpoint: Path, data: Path, output: Path) -> dict:
-    """Linear probe and kNN of one encoder on every task: a table row."""
+def monitor_overrides(data: Path, name: str, epochs: int) -> list[str]:
+    """`train.monitor` on small lists of the method's task (written once next to the data): at mid-run and
+    at the end."""
+    train, val, _ = TASKS[MONITOR[name]]
+    lists = []
+    for source, size in zip((train, val), MONITOR_SIZES, strict=True):
+        subset = data / f"monitor-{source}"
+        if not subset.is_file():
+            subset.write_text("".join((data / source).read_text().splitlines(keepends=True)[:size]))
+        lists.append(subset)
+    return [f"train.monitor.every_epochs={max(1, epochs // 2)}", f"train.monitor.train={lists[0]}",
+            f"train.monitor.val={lists[1]}", "train.monitor.protocol=linprobe"]
+
+
+def evaluate_encoder(label: str, folder: str, checkpoint: Path, data: Path, output: Path,
+                     protocols: Sequence[str] = PROTOCOLS) -> dict:
+    """The frozen protocols of one encoder on every task: a table row."""
     from cmae.engine.evaluate import frozen_evaluation
 
     row = {"encoder": label}
     for task, (train, val, task_overrides) in TASKS.items():
-        for protocol in ("linprobe", "knn"):
+        for protocol in protocols:
             summary = frozen_evaluation(
                 protocol, checkpoint, output / "eval" / f"{folder}-{task}-{protocol}", None,
                 [f"data.train={data / train}", f"data.val={data / val}", *task_overrides, *PROBE],

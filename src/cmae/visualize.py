@@ -27,7 +27,7 @@ from cmae.engine.loading import load_pretrained
 from cmae.engine.runtime import read_metrics
 from cmae.models.patchify import patch_statistics, patchify, unpatchify
 
-DEFAULT_PLOT_KEYS = ("loss", "loss_rec", "loss_con")
+DEFAULT_PLOT_KEYS = ("loss", "loss_rec", "loss_con", "monitor_top1")  # monitor_top1: train.monitor
 
 # --------------------------------------------------------------------------------------
 # De-normalising predicted patches
@@ -216,7 +216,7 @@ def plot_runs(runs: Sequence[str | Path], output: str | Path, keys: Sequence[str
     """Loss curves of run folders (each with `metrics.jsonl`) -> one PNG, one subplot per key.
 
     x is the step, one line per run labelled by its folder name. keys default to those of
-    loss, loss_rec, loss_con that any run logged; a key no run logged is an error naming it.
+    loss, loss_rec, loss_con and monitor_top1 that any run logged; a key no run logged is an error naming it.
     """
     if not runs:
         raise ConfigError("plot needs at least one run folder")

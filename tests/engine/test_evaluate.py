@@ -19,19 +19,11 @@ from cmae.engine.evaluate import (
     linear_probe,
     topk_accuracy,
 )
-from cmae.engine.pretrain import pretrain
 from cmae.models import build_encoder
 from cmae.models.pooling import pool_tokens
 from tests.helpers import TINY_INPUT, TINY_MODEL, TINY_TRAIN, tiny_overrides
 
 PRESET = "configs/demo/videomae.yaml"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(synth_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    pretrain(load_config(PRESET, tiny_overrides(synth_dir, **{"train.epochs": 1})), run)
-    return run
 
 
 def eval_overrides(synth_dir):
@@ -45,9 +37,9 @@ def test_linprobe_keeps_the_encoder_frozen_and_in_eval_mode(synth_dir, tiny_run,
     modes = []
     original = evaluate.extract_features
 
-    def spy(encoder, samples, config, device=None):
+    def spy(encoder, samples, config, device=None, readout=None):
         encoder.register_forward_pre_hook(lambda module, args: modes.append(module.training))
-        return original(encoder, samples, config, device)
+        return original(encoder, samples, config, device, readout)
 
     monkeypatch.setattr(evaluate, "extract_features", spy)
     checkpoint = tiny_run / "checkpoint-last.pt"

@@ -137,3 +137,55 @@ def test_the_batch_follows_the_preset_and_the_test_stops_past_max_failed_fractio
                            overrides=[*overrides, "data.max_failed_fraction=0.25"])  # the finished run: test only
     assert summary["steps"] == 24 // 8 and summary["skipped_val"] == 1 and summary["num_val"] == 4
     assert "batch_size: 8" in (tmp_path / "ft" / "config.yaml").read_text().split("finetune:")[1]
+
+
+@pytest.mark.parametrize("select", [0.0, 0.25])
+def test_eval_every_keeps_the_best_epoch(synth_dir, tiny_run, tmp_path, select):
+    """finetune.eval_every=1: a validation row each epoch, checkpoint-best.pt the best one's, and the summary
+    names the best epoch, what judged it (the selection split when set, else data.val) and its full test."""
+    overrides = [f"data.train={synth_dir / 'train.txt'}", f"data.val={synth_dir / 'val.txt'}", "finetune.epochs=3",
+                 "finetune.batch_size=4", "finetune.warmup_epochs=1", "eval.batch_size=8", "finetune.eval_every=1",
+                 f"eval.select_fraction={select}"]
+    summary = finetune(tiny_run / "checkpoint-last.pt", tmp_path / "ft", overrides=overrides)
+    key = "select_top1" if select else "val_top1"
+    rows = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    checks = [row for row in rows if key in row]
+    assert [row["epoch"] for row in checks] == [0, 1, 2]
+    best = max(checks, key=lambda row: row[key])  # the first of equals
+    assert summary["best_epoch"] == best["epoch"] + 1 and summary[f"best_{key}"] == best[key]
+    assert summary["best_on"] == ("select" if select else "val")
+    assert summary["num_train"] == (16 if select else 24)  # 8 classes x 3 clips, one per class held out
+    assert (tmp_path / "ft" / "checkpoint-best.pt").is_file() and 0 <= summary["best"]["top1"] <= 100
+    saved = torch.load(tmp_path / "ft" / "checkpoint-best.pt", weights_only=False)
+    assert saved["epoch"] == best["epoch"] + 1
+
+
+def test_model_ema_follows_the_weights_and_is_tested(synth_dir, tiny_run, tmp_path):
+    classifier = Classifier(VisionTransformer(embed_dim=48, depth=1, num_heads=2, patch_size=8), 3)
+    objective = FinetuneObjective(classifier, 3, mixup=0, cutmix=0, smoothing=0, ema_decay=0.9)
+    start = classifier.head.bias.detach().clone()
+    with torch.no_grad():
+        classifier.head.bias.add_(1.0)
+    objective.after_step(1, 10)
+    torch.testing.assert_close(objective.ema.head.bias, start + 0.1)  # 0.9 x old + 0.1 x new
+    assert not any(p.requires_grad for p in objective.ema.parameters())
+    overrides = [f"data.train={synth_dir / 'train.txt'}", f"data.val={synth_dir / 'val.txt'}", "finetune.epochs=1",
+                 "finetune.batch_size=8", "finetune.warmup_epochs=1", "eval.batch_size=8", "finetune.model_ema=true",
+                 "finetune.model_ema_decay=0.5", "finetune.weight_decay_end=0.0", "finetune.warmup_lr=1e-6",
+                 "finetune.attn_drop_rate=0.1"]
+    summary = finetune(tiny_run / "checkpoint-last.pt", tmp_path / "ft", overrides=overrides)
+    assert 0 <= summary["ema"]["top1"] <= 100 and summary["ema"]["decay"] == 0.5
+    saved = torch.load(tmp_path / "ft" / "checkpoint-last.pt", weights_only=False)
+    assert any(key.startswith("ema.") for key in saved["model"])  # --resume restores the average too
+    assert summary["first"]["lr"] == pytest.approx(1e-6)  # the warm-up starts at warmup_lr
+
+
+def test_attention_dropout_acts_in_training_only():
+    encoder = VisionTransformer(embed_dim=48, depth=1, num_heads=2, patch_size=8)
+    encoder.blocks[0].attn.attn_drop = 0.5
+    clip = torch.randn(2, 3, 1, 16, 16)
+    torch.manual_seed(0)
+    encoder.train()
+    assert not torch.allclose(encoder(clip), encoder(clip))
+    encoder.eval()
+    assert torch.equal(encoder(clip), encoder(clip))

@@ -9,9 +9,10 @@ under the checkpoint's folder, so probes train on tensors in seconds.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
-import math
 import os
 import random
 import warnings
@@ -21,19 +22,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cmae.config import Config, ConfigError, EvalConfig, InputError, reject_choice, save_config
+from cmae.config import Config, ConfigError, InputError, reject_choice, save_config
 from cmae.data.dataset import VideoDataset, decoded_items
 from cmae.data.decoding import resolve_backend
 from cmae.data.lists import Sample, check_same_classes, read_samples
-from cmae.data.views import MultiViewClips
+from cmae.data.views import ClipView, MultiViewClips
 from cmae.engine.checkpoint import save_checkpoint
+from cmae.engine.knn import knn_classify
+from cmae.engine.probes import (
+    grid_settings,
+    linear_probe,
+    make_heads,
+    probe_scores,
+    topk_accuracy,
+    train_probes,
+)
 from cmae.engine.runtime import autocast, resolve_device, resolve_precision
-from cmae.engine.schedule import cosine_with_warmup
 from cmae.models.pooling import pool_tokens
+
+__all__ = ["balanced_fraction", "cached_features", "extract_features", "frozen_evaluation", "knn_classify",
+           "linear_probe", "topk_accuracy"]
+PROTOCOLS = ("linprobe", "attnprobe", "knn")
 
 
 def balanced_fraction(labels: Sequence[int], fraction: float, seed: int = 0) -> list[int]:
@@ -70,12 +82,12 @@ def _decoder_in_use(backend: str) -> str:
         return backend
 
 
-def _cache_key(checkpoint: str | Path, samples: Sequence[Sample], config: Config) -> str:
+def _cache_key(checkpoint: str | Path, samples: Sequence[Sample], config: Config, readout: str | None = None) -> str:
     """Changes with the checkpoint file, every sample (path, label, size, modification time:
     a file replaced, added or relabelled in a list or an ImageFolder tree) and every
     setting that shapes a feature."""
     digest = hashlib.sha1()
-    parts: list[Any] = [config.eval.feature, config.eval.clips, config.eval.crops, config.data.num_frames,
+    parts: list[Any] = [readout or config.eval.feature, config.eval.clips, config.eval.crops, config.data.num_frames,
                         config.data.sampling_rate, config.data.temporal_sampling, config.data.image_size,
                         config.data.test_crop_ratio, config.data.mean, config.data.std,
                         _decoder_in_use(config.data.decoder)]
@@ -92,29 +104,40 @@ def _cache_key(checkpoint: str | Path, samples: Sequence[Sample], config: Config
 
 
 @torch.no_grad()
-def feature_batches(encoder: nn.Module, samples: Sequence[Sample], config: Config, device: torch.device):
+def feature_batches(encoder: nn.Module, samples: Sequence[Sample], config: Config, device: torch.device,
+                    readout: str | None = None, view: Any = None):
     """Yield (features `[b, D]`, labels `[b]`, indices into `samples` `[b]`) batch by batch, views
-    averaged, undecodable files left out; the encoder in eval mode, under the run's autocast."""
+    averaged, undecodable files left out; the encoder in eval mode, under the run's autocast.
+    `readout`: `eval.feature` by default; "tokens" yields the patch-token grids `[b, N, D]` in fp16
+    (the attentive probe's input; fp16 halves a cache that is N times the pooled one). `view`: the test
+    views by default; a one-clip view (`ClipView`) gives one feature per sample."""
     dtype = resolve_precision(config.train.precision, device)
-    view = MultiViewClips(config.data, config.eval.clips, config.eval.crops)
+    view = view or MultiViewClips(config.data, config.eval.clips, config.eval.crops)
     loader = DataLoader(VideoDataset(samples, view, backend=config.data.decoder),
                         batch_size=config.eval.batch_size, num_workers=config.data.num_workers)
     for batch in loader:
-        clips = batch["video"].to(device)  # [B, V, C, T, H, W]
+        clips = batch["video"].to(device)
+        clips = clips[:, None] if clips.dim() == 5 else clips  # [B, V, C, T, H, W]
         b, v = clips.shape[:2]
         inputs = clips.flatten(0, 1)  # token order is time-major: [T', H', W']
         with autocast(device, dtype):
             tokens = encoder(inputs)
-        time_steps = encoder.token_grid(inputs.shape)[0]
-        pooled = pool_tokens(encoder, tokens, config.eval.feature, time_steps).float().reshape(b, v, -1).mean(1).cpu()
+        if readout == "tokens":
+            patches = tokens[:, encoder.num_prefix_tokens:].float()
+            pooled = patches.reshape(b, v, *patches.shape[1:]).mean(1).half().cpu()
+        else:
+            time_steps = encoder.token_grid(inputs.shape)[0]
+            pooled = pool_tokens(encoder, tokens, config.eval.feature, time_steps).float().reshape(b, v, -1).mean(1).cpu()
         decoded = decoded_items(batch)
         yield pooled[decoded], batch["label"][decoded], batch["index"][decoded]
 
 
 def extract_features(
-    encoder: nn.Module, samples: Sequence[Sample], config: Config, device: torch.device | None = None
+    encoder: nn.Module, samples: Sequence[Sample], config: Config, device: torch.device | None = None,
+    readout: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen features `[N', D]` and labels `[N']` of `samples`, views averaged.
+    """Frozen features `[N', D]` (token grids `[N', L, D]` for readout "tokens") and labels `[N']`
+    of `samples`, views averaged.
 
     A file that cannot be decoded is left out (N' < N) with a warning that counts them:
     training may replace it by a neighbour, but an evaluation must not score a duplicate.
@@ -123,7 +146,7 @@ def extract_features(
     was_training = encoder.training
     encoder.eval().to(device)
     features, labels = [], []
-    for pooled, label, _ in feature_batches(encoder, samples, config, device):
+    for pooled, label, _ in feature_batches(encoder, samples, config, device, readout):
         features.append(pooled)
         labels.append(label)
     encoder.train(was_training)
@@ -146,116 +169,109 @@ def check_decode_failures(failed: int, total: int, limit: float) -> None:
 
 
 def cached_features(
-    encoder: nn.Module, source: str, config: Config, checkpoint: str | Path, cache_dir: Path
+    encoder: nn.Module, source: str, config: Config, checkpoint: str | Path, cache_dir: Path,
+    readout: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """`extract_features` of a list file / ImageFolder, reusing `cache_dir/<key>.pt` when present.
     Returns features, labels and the number of files left out as undecodable."""
     samples = read_samples(source, config.data, labelled=True)
     use_cache = config.eval.cache and str(checkpoint) != "random"
-    path = cache_dir / f"{_cache_key(checkpoint, samples, config)}.pt" if use_cache else None
+    path = cache_dir / f"{_cache_key(checkpoint, samples, config, readout)}.pt" if use_cache else None
     if path is not None and path.is_file():
         state = torch.load(path, weights_only=True)
         features, labels = state["features"], state["labels"]
     else:
-        features, labels = extract_features(encoder, samples, config)
+        features, labels = extract_features(encoder, samples, config, readout=readout)
         if path is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
             save_checkpoint(path, {"features": features, "labels": labels, "source": str(source)})
     return features, labels, len(samples) - len(features)
 
 
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Percent of rows whose label is among the k best scores (k capped at the class count)."""
-    result = {}
-    for k in ks:
-        top = scores.topk(min(k, scores.shape[1]), dim=1).indices
-        result[f"top{k}"] = 100.0 * (top == labels[:, None]).any(dim=1).float().mean().item()
-    return result
-
-
-def linear_probe(
-    train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-    num_classes: int, cfg: EvalConfig, seed: int = 0,
-) -> dict[str, float]:
-    """BatchNorm (no affine) + linear layer on frozen features (MAE / ViC-MAE Table 7).
-
-    SGD with momentum 0.9, lr = probe_base_lr x batch / 256, per-iteration cosine schedule
-    with linear warmup, weight decay `probe_weight_decay` (0). The BatchNorm trains its
-    statistics on the training features and is in eval mode for the test features.
-    """
-    torch.manual_seed(seed)
-    probe = nn.Sequential(nn.BatchNorm1d(train_x.shape[1], affine=False), nn.Linear(train_x.shape[1], num_classes))
-    nn.init.trunc_normal_(probe[1].weight, std=0.01)
-    nn.init.zeros_(probe[1].bias)
-    batch = min(cfg.probe_batch_size, len(train_x))
-    peak = cfg.probe_base_lr * batch / 256
-    optimizer = torch.optim.SGD(probe.parameters(), lr=peak, momentum=0.9, weight_decay=cfg.probe_weight_decay)
-    steps_per_epoch = math.ceil(len(train_x) / batch)
-    total, warmup = cfg.probe_epochs * steps_per_epoch, cfg.probe_warmup_epochs * steps_per_epoch
-    step = 0
-    probe.train()
-    for _ in range(cfg.probe_epochs):
-        order = torch.randperm(len(train_x))
-        for start in range(0, len(train_x), batch):
-            index = order[start : start + batch]
-            if len(index) < 2:  # BatchNorm needs two samples
-                continue
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_with_warmup(step, total, warmup, peak)
-            loss = F.cross_entropy(probe(train_x[index]), train_y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-    probe.eval()
-    with torch.no_grad():
-        return topk_accuracy(probe(val_x), val_y)
-
-
-def knn_classify(
-    train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-    num_classes: int, k: int = 20, temperature: float = 0.07,
-) -> dict[str, float]:
-    """DINO's weighted kNN: cosine similarity, the k nearest training samples vote for their
-    class with weight exp(similarity / temperature)."""
-    train_x, val_x = F.normalize(train_x.float(), dim=1), F.normalize(val_x.float(), dim=1)
-    k = min(k, len(train_x))
-    scores = torch.zeros(len(val_x), num_classes)
-    for start in range(0, len(val_x), 1024):
-        similarity, index = (val_x[start : start + 1024] @ train_x.T).topk(k, dim=1)
-        votes = F.one_hot(train_y[index], num_classes).float() * (similarity / temperature).exp()[..., None]
-        scores[start : start + 1024] = votes.sum(dim=1)
-    return topk_accuracy(scores, val_y)
-
-
 def frozen_evaluation(protocol: str, checkpoint: str | Path, output: str | Path,
                       config_path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """`cmae linprobe` / `cmae knn`: features of data.train and data.val -> summary.json (top1, top5)."""
+    """`cmae linprobe` / `attnprobe` / `knn`: features of data.train -> the probe (a grid's winner chosen on the
+    selection split) or the kNN -> scored on data.val's features -> summary.json (top1, top5)."""
     from cmae.engine.loading import load_pretrained
 
-    if protocol not in ("linprobe", "knn"):
-        reject_choice("protocol", protocol, ("linprobe", "knn"))
+    if protocol not in PROTOCOLS:
+        reject_choice("protocol", protocol, PROTOCOLS)
     config, method = load_pretrained(checkpoint, config_path, overrides)
     check_evaluation_data(config, protocol)
-    encoder = method.encoder
     cache_dir = Path(checkpoint).parent / "features"
-    train_x, train_y, train_skipped = cached_features(encoder, config.data.train, config, checkpoint, cache_dir)
-    val_x, val_y, val_skipped = cached_features(encoder, config.data.val, config, checkpoint, cache_dir)
+    readout = "tokens" if protocol == "attnprobe" else None
+
+    def features(source: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return cached_features(method.encoder, source, config, checkpoint, cache_dir, readout)
+
+    train_x, train_y, train_skipped = features(config.data.train)
     keep = balanced_fraction(train_y.tolist(), config.eval.label_fraction, config.eval.fraction_seed)
     train_x, train_y = train_x[keep], train_y[keep]
-    num_classes = int(max(train_y.max(), val_y.max())) + 1
-    if protocol == "linprobe":
-        result = linear_probe(train_x, train_y, val_x, val_y, num_classes, config.eval, config.train.seed)
-    else:
+    stream = None
+    if config.eval.probe_augment and protocol != "knn":
+        if train_skipped:
+            raise InputError(f"eval.probe_augment needs every file of data.train decodable ({train_skipped} are not)")
+        samples = read_samples(config.data.train, config.data, labelled=True)
+        stream = augmented_stream(method.encoder, [samples[i] for i in keep], config, readout)
+    val_labels = [sample.label for sample in read_samples(config.data.val, config.data, labelled=True)]
+    num_classes = max(int(train_y.max()), *val_labels) + 1
+    if protocol == "knn":
+        val_x, val_y, val_skipped = features(config.data.val)
         result = knn_classify(train_x, train_y, val_x, val_y, num_classes, config.eval.knn_k,
-                              config.eval.knn_temperature)
+                              config.eval.knn_temperature, config.eval.knn_normalize)
+        result["knn_normalize"] = config.eval.knn_normalize
+    else:
+        heads, result = probe_grid(protocol, train_x, train_y, num_classes, config, stream)
+        # data.val is read only now, and scored only for the chosen setting
+        val_x, val_y, val_skipped = features(config.data.val)
+        result.update(topk_accuracy(probe_scores(heads[result["chosen"]["index"]], val_x), val_y))
     summary = {**result, "protocol": protocol, "checkpoint": str(checkpoint), "train": config.data.train,
                "val": config.data.val, "num_train": len(train_x), "num_val": len(val_x),
                "skipped_train": train_skipped, "skipped_val": val_skipped,
-               "num_classes": num_classes, "feature_dim": train_x.shape[1],
+               "num_classes": num_classes, "feature_dim": train_x.shape[-1],
                "label_fraction": config.eval.label_fraction, "views": config.eval.clips * config.eval.crops}
     write_summary(output, config, summary)
     return summary
+
+
+def augmented_stream(encoder: nn.Module, samples: Sequence[Sample], config: Config, readout: str | None):
+    """`eval.probe_augment`: `(fit, epoch, batch) ->` batches of features of augmented clips of `samples[fit]`
+    (the pre-training crop and flip, one clip each), in a seeded fresh order each epoch."""
+    device = resolve_device(config.train.device)
+    view = ClipView(config.data, train=True)
+
+    def stream(fit: Sequence[int], epoch: int, batch: int):
+        encoder.eval().to(device)
+        order = torch.randperm(len(fit), generator=torch.Generator().manual_seed(config.train.seed + epoch))
+        batched = dataclasses.replace(config, eval=dataclasses.replace(config.eval, batch_size=batch))
+        for features, labels, _ in feature_batches(encoder, [samples[fit[i]] for i in order], batched, device,
+                                                   readout, view):
+            yield features, labels
+
+    return stream
+
+
+def probe_grid(protocol: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, config: Config,
+               stream=None) -> tuple[list[nn.Module], dict[str, Any]]:
+    """Train every `eval.probe_grid` setting (or the one of `eval.*`) on the training features minus the
+    selection split (`eval.select_fraction`), all together (on `stream`'s augmented clips when given);
+    score each on that split and choose the best (the first of equals). -> the trained heads and
+    {"grid": [...], "chosen": {...}} (no data.val in sight)."""
+    kind = "linear" if protocol == "linprobe" else "attentive"
+    cfg = config.eval
+    select = balanced_fraction(y.tolist(), cfg.select_fraction, cfg.fraction_seed + 1) if cfg.select_fraction else []
+    fit = sorted(set(range(len(y))) - set(select))
+    settings = grid_settings(kind, cfg)
+    heads = make_heads(kind, len(settings), x.shape[-1], num_classes, cfg, config.train.seed)
+    train_probes(heads, settings, x[fit], y[fit], kind, cfg, config.train.seed,
+                 None if stream is None else functools.partial(stream, fit))
+    grid = []
+    for index, (head, setting) in enumerate(zip(heads, settings, strict=True)):
+        score = topk_accuracy(probe_scores(head, x[select]), y[select])["top1"] if select else None
+        grid.append({"index": index, "lr": setting.lr, "weight_decay": setting.weight_decay, "select_top1": score})
+    best = max(grid, key=lambda row: (row["select_top1"] or 0.0, -row["index"]))
+    return heads, {"grid": grid, "chosen": best, "select_fraction": cfg.select_fraction,
+                   "num_select": len(select), "probe": kind}
 
 
 def write_summary(output: str | Path, config: Config, summary: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ foreign file's classifier (official VideoMAE, Hugging Face, timm) is kept when t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,8 +36,8 @@ from cmae.engine.evaluate import (
     write_summary,
 )
 from cmae.engine.loading import load_with_head
-from cmae.engine.loop import Job, train_loop
-from cmae.engine.runtime import resolve_device
+from cmae.engine.loop import BEST_NAME, Job, train_loop
+from cmae.engine.runtime import read_metrics, resolve_device
 from cmae.engine.schedule import no_weight_decay
 from cmae.methods.base import Method, MethodOutput
 from cmae.models import build_encoder
@@ -91,9 +92,13 @@ class FinetuneObjective(Method):
 
     name = "finetune"
 
-    def __init__(self, classifier: Classifier, num_classes: int, mixup: float, cutmix: float, smoothing: float):
+    def __init__(self, classifier: Classifier, num_classes: int, mixup: float, cutmix: float, smoothing: float,
+                 ema_decay: float | None = None):
         super().__init__()
         self.classifier, self.num_classes, self.smoothing = classifier, num_classes, smoothing
+        # the EMA is a frozen submodule, so the checkpoint saves it and --resume restores it with the model
+        self.ema = copy.deepcopy(classifier).requires_grad_(False).eval() if ema_decay is not None else None
+        self.ema_decay = ema_decay
         mixers = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + \
                  ([v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else [])
         self.mix = v2.RandomChoice(mixers) if mixers else None  # timm: one of the two per batch, p = 0.5
@@ -106,6 +111,17 @@ class FinetuneObjective(Method):
             video, target = self.mix(tv_tensors.Video(clip.transpose(1, 2)), labels)
             clip = video.as_subclass(torch.Tensor).transpose(1, 2)
         return clip, target * (1 - self.smoothing) + self.smoothing / self.num_classes
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int) -> None:
+        """ema <- decay x ema + (1 - decay) x weights, after every optimiser step (timm's ModelEmaV2); buffers copied."""
+        if self.ema is None:
+            return
+        for ema, live in zip(self.ema.state_dict().values(), self.classifier.state_dict().values(), strict=True):
+            if ema.dtype.is_floating_point:
+                ema.lerp_(live, 1.0 - self.ema_decay)
+            else:
+                ema.copy_(live)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MethodOutput:
         clip, target = self.soft_targets(batch["video"], batch["label"])
@@ -171,16 +187,12 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
         raise ConfigError(f"fine-tuning pools 'mean' or 'cls' tokens, not eval.feature={config.eval.feature!r} "
                           "(a frozen-feature readout for linprobe / knn)")
     val_samples = read_samples(config.data.val, config.data, labelled=True)
-    samples = []  # a test trains on nothing
+    samples, select_samples = [], []  # a test trains on nothing
     if not test_only:
-        samples = read_samples(config.data.train, config.data, labelled=True)
-        keep = balanced_fraction([s.label for s in samples], config.eval.label_fraction, config.eval.fraction_seed)
-        samples = [samples[i] for i in keep]
+        samples, select_samples = training_and_selection(config)
     num_classes, use_head = classes_and_head(checkpoint, head, [s.label for s in samples + val_samples],
                                              config.eval.feature, test_only)
-    # Rebuild the encoder with fine-tuning's drop path, then take the pre-trained weights.
-    encoder = build_encoder(dataclasses.replace(config.model, drop_path=ft.drop_path))
-    encoder.load_state_dict(method.encoder.state_dict())
+    encoder = finetune_encoder(config, method.encoder)
     train = finetune_train_config(config)
     test_set = VideoDataset(val_samples, MultiViewClips(config.data, config.eval.clips, config.eval.crops),
                             backend=config.data.decoder)
@@ -202,17 +214,84 @@ def finetune(checkpoint: str | Path, output: str | Path, config_path: str | Path
 
     def make_job(device: torch.device) -> Job:
         classifier = build_classifier(device)
-        objective = FinetuneObjective(classifier, num_classes, ft.mixup, ft.cutmix, ft.label_smoothing)
+        objective = FinetuneObjective(classifier, num_classes, ft.mixup, ft.cutmix, ft.label_smoothing,
+                                      ft.model_ema_decay if ft.model_ema else None)
         view = ClipView(config.data, train=True, randaug=(ft.randaug_n, ft.randaug_m), erase=ft.reprob)
         dataset = VideoDataset(samples, view, backend=config.data.decoder, cache_decoded=config.data.cache_decoded,
                                repeat=config.data.repeat)
 
-        def finish(trained: FinetuneObjective) -> dict[str, Any]:
-            return summarize(multiview_accuracy(trained.classifier, test_set, config, device))
+        checker = BestEpoch(config, select_samples or val_samples, "select" if select_samples else "val", output,
+                            device)
 
-        return Job(objective, dataset, layer_decay_groups(classifier, ft.weight_decay, ft.layer_decay), train, finish)
+        def finish(trained: FinetuneObjective) -> dict[str, Any]:
+            result = summarize(multiview_accuracy(trained.classifier, test_set, config, device))
+            if trained.ema is not None:
+                ema = multiview_accuracy(trained.ema, test_set, config, device)
+                result["ema"] = {"top1": ema["top1"], "top5": ema["top5"], "decay": ft.model_ema_decay}
+            return {**result, **checker.test_best(trained, test_set)}
+
+        return Job(objective, dataset, layer_decay_groups(classifier, ft.weight_decay, ft.layer_decay), train, finish,
+                   after_epoch=checker if ft.eval_every else None)
 
     return train_loop(config, output, make_job, resume, overwrite=overwrite)
+
+
+def finetune_encoder(config: Config, pretrained: nn.Module) -> nn.Module:
+    """The encoder rebuilt with fine-tuning's drop path and attention dropout, holding the pre-trained weights."""
+    encoder = build_encoder(dataclasses.replace(config.model, drop_path=config.finetune.drop_path))
+    encoder.load_state_dict(pretrained.state_dict())
+    for module in encoder.modules():
+        if hasattr(module, "attn_drop"):
+            module.attn_drop = config.finetune.attn_drop_rate
+    return encoder
+
+
+def training_and_selection(config: Config) -> tuple[list, list]:
+    """data.train's samples (a seeded, class-balanced `eval.label_fraction`), less the selection split
+    (`eval.select_fraction` of them, class-balanced) that judges the best epoch; and that split."""
+    samples = read_samples(config.data.train, config.data, labelled=True)
+    keep = balanced_fraction([s.label for s in samples], config.eval.label_fraction, config.eval.fraction_seed)
+    samples = [samples[i] for i in keep]
+    if not config.eval.select_fraction:
+        return samples, []
+    select = set(balanced_fraction([s.label for s in samples], config.eval.select_fraction,
+                                   config.eval.fraction_seed + 1))
+    return [s for i, s in enumerate(samples) if i not in select], [samples[i] for i in sorted(select)]
+
+
+class BestEpoch:
+    """`after_epoch` of fine-tuning (`finetune.eval_every`): a single-view validation on the selection split
+    (`on="select"`) or data.val (`on="val"`, the official scripts' practice, which inflates the number
+    reported for the best epoch); the best so far (a resumed run reads its metrics.jsonl) is kept as
+    checkpoint-best.pt by the loop, and `test_best` gives it the full multi-view test at the end."""
+
+    def __init__(self, config: Config, samples: list, on: str, output: str | Path, device: torch.device):
+        self.config, self.on, self.device, self.output = config, on, device, Path(output)
+        self.quick = VideoDataset(samples, MultiViewClips(config.data, 1, 1), backend=config.data.decoder)
+        self.key = f"{on}_top1"
+        metrics = self.output / "metrics.jsonl"
+        rows = [row for row in read_metrics(metrics) if self.key in row] if metrics.is_file() else []
+        self.best = max(rows, key=lambda row: row[self.key], default=None)
+
+    def __call__(self, objective: FinetuneObjective, epochs_done: int) -> dict[str, Any]:
+        every = self.config.finetune.eval_every
+        if epochs_done % every and epochs_done != self.config.finetune.epochs:
+            return {}
+        top1 = multiview_accuracy(objective.classifier, self.quick, self.config, self.device)["top1"]
+        best = self.best is None or top1 > self.best[self.key]
+        if best:
+            self.best = {self.key: top1, "epoch": epochs_done - 1}
+        return {self.key: top1, "best": best}
+
+    def test_best(self, objective: FinetuneObjective, test_set: VideoDataset) -> dict[str, Any]:
+        """{} without eval_every; else the best epoch (1-based), what judged it, and its multi-view test."""
+        if self.best is None or not (self.output / BEST_NAME).is_file():
+            return {}
+        state = torch.load(self.output / BEST_NAME, map_location="cpu", weights_only=False)
+        objective.load_state_dict(state["model"])
+        test = multiview_accuracy(objective.classifier, test_set, self.config, self.device)
+        return {"best_epoch": self.best["epoch"] + 1, "best_on": self.on, f"best_{self.key}": self.best[self.key],
+                "best": {"top1": test["top1"], "top5": test["top5"], "checkpoint": str(self.output / BEST_NAME)}}
 
 
 def classes_and_head(checkpoint, head: dict[str, torch.Tensor], labels: list[int], feature: str,

@@ -19,6 +19,7 @@ copies) are `cmae.engine.run_state`'s; the stop signals (`StopSignals`, `Preempt
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -70,9 +71,11 @@ from cmae.engine.runtime import (
     seed_everything,
     to_device,
 )
-from cmae.engine.schedule import cosine_with_warmup
+from cmae.engine.schedule import cosine_with_warmup, set_group_rates
 from cmae.engine.signals import EXIT_PREEMPTED, Preempted, StopSignals
 from cmae.methods.contrastive import ContrastiveMethod
+
+BEST_NAME = "checkpoint-best.pt"  # the epoch an `after_epoch` judged best (fine-tuning's eval_every)
 
 # the loop's own names, and those of the run state and signals that were defined here (importable as before)
 __all__ = [
@@ -139,6 +142,7 @@ def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.dev
                 return summarize(run, write=run.job.finish is not None)  # a pre-training run's summary stands
             for epoch in range(run.start_epoch, run.train.epochs):
                 train_one_epoch(run, epoch)
+                after_epoch(run, epoch)
             return summarize(run)
         finally:
             if run is not None:
@@ -212,10 +216,11 @@ def train_one_epoch(run: Run, epoch: int) -> None:
     batches = iter(run.loader)
     run.interval = Interval()
     for index in range(first, run.steps_per_epoch):
-        lr = cosine_with_warmup(run.step, run.total_steps, run.warmup_steps, run.lr_peak, train.min_lr)
+        lr = cosine_with_warmup(run.step, run.total_steps, run.warmup_steps, run.lr_peak, train.min_lr, train.warmup_lr)
         method.set_epoch(run.step / run.steps_per_epoch)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        decay = None if train.weight_decay_end is None else cosine_with_warmup(  # BEiT's and VideoMAE's schedule
+            run.step, run.total_steps, 0, train.weight_decay, train.weight_decay_end)
+        set_group_rates(run.optimizer.param_groups, lr, decay)
         last_step = index == run.steps_per_epoch - 1
         logging = (run.step + 1) % train.log_every == 0 or run.step + 1 == run.total_steps or last_step
         measure = (logging and train.log_term_grads) or method.wants_term_grads(logging)
@@ -261,6 +266,24 @@ def train_one_epoch(run: Run, epoch: int) -> None:
         print(f"epoch {epoch + 1}/{train.epochs}  step {run.step}  "
               + "  ".join(f"{k} {v:.4f}" for k, v in run.last_terms.items())
               + f"  ({time.time() - run.started:.0f}s)", flush=True)
+
+
+def after_epoch(run: Run, epoch: int) -> None:
+    """The job's `after_epoch` entries (monitor, validation) as one metrics.jsonl / TensorBoard row at the
+    epoch's last step; a "best" one also copies the epoch's checkpoint to checkpoint-best.pt."""
+    if run.job.after_epoch is None:
+        return
+    entries = run.job.after_epoch(run.job.method, epoch + 1)
+    run.model.train()
+    if not entries:
+        return
+    best = entries.pop("best", False)
+    run.metrics.write({"step": run.step, "epoch": epoch, **entries})
+    if best:
+        if not save_due(run, epoch, last_step=True):
+            save_state(run, epoch + 1, 0)
+        if run.dist_info.is_main:
+            shutil.copyfile(run.output / CHECKPOINT_NAME, run.output / BEST_NAME)
 
 
 def save_due(run: Run, epoch: int, last_step: bool) -> bool:
@@ -361,7 +384,7 @@ def summarize(run: Run, write: bool = True) -> dict[str, Any]:
     if run.job.finish is not None:
         summary.update(run.job.finish(run.job.method))
     if run.dist_info.is_main and (run.output / "metrics.jsonl").exists():
-        records = read_metrics(run.output / "metrics.jsonl")
+        records = [r for r in read_metrics(run.output / "metrics.jsonl") if "loss" in r]  # not monitor rows
         summary["first"], summary["last"] = records[0], records[-1]
         if write:
             (run.output / "summary.json").write_text(json.dumps(summary, indent=2))

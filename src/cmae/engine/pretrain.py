@@ -20,6 +20,7 @@ from cmae.data.shards import ShardStream
 from cmae.data.views import build_view
 from cmae.engine.loading import initialize_from
 from cmae.engine.loop import Job, train_loop
+from cmae.engine.monitor import monitor_hook
 from cmae.engine.schedule import param_groups
 from cmae.interop import load_imported
 from cmae.methods import build_method, resolve_method
@@ -79,6 +80,7 @@ def pretrain(config: Config, output: str | Path, resume: str | Path | None = Non
             if os.environ.get("RANK", "0") == "0":
                 print(report, flush=True)
         method = method.to(device)
-        return Job(method, dataset, param_groups(method, config.train.weight_decay), config.train)
+        return Job(method, dataset, param_groups(method, config.train.weight_decay), config.train,
+                   after_epoch=monitor_hook(config))
 
     return train_loop(config, output, make_job, resume, resume_override, overwrite)

@@ -44,7 +44,10 @@ class Job:
     `train` holds the optimiser/schedule settings: `config.train` for pre-training, the
     `finetune` section mapped onto a TrainConfig for fine-tuning. Parameter groups may
     carry an "lr_scale" (layer-wise decay). `finish(method)` runs on every rank after the
-    last epoch (e.g. the test set) and returns entries for the summary.
+    last epoch (e.g. the test set) and returns entries for the summary. `after_epoch(method,
+    epochs_done)` runs on every rank after each epoch's checkpoint and returns entries to log
+    (`monitor_top1`, fine-tuning's validation; {} for none); a true "best" entry also keeps that
+    checkpoint as checkpoint-best.pt.
     """
 
     method: Method
@@ -52,6 +55,7 @@ class Job:
     groups: list[dict]
     train: TrainConfig
     finish: Callable[[nn.Module], dict[str, Any]] | None = None
+    after_epoch: Callable[[nn.Module, int], dict[str, Any]] | None = None
 
 
 class DecodeFailures:
