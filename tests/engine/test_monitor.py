@@ -26,6 +26,10 @@ def test_monitor_logs_top1_every_n_epochs_and_is_plotted(synth_dir, tmp_path, pr
     assert events and any(b"monitor_top1" in path.read_bytes() for path in events)
     plot_runs([tmp_path / "run"], tmp_path / "losses.png")  # the default keys include monitor_top1
     assert (tmp_path / "losses.png").stat().st_size > 0
+    if protocol == "linprobe":  # the probe seeds torch: the run must train as it would unwatched
+        plain = pretrain(load_config("configs/demo/videomae.yaml", tiny_overrides(synth_dir, **{"train.epochs": 3})),
+                         tmp_path / "plain")
+        assert plain["last"]["loss"] == summary["last"]["loss"]
 
 
 def test_monitor_needs_its_lists():

@@ -273,7 +273,8 @@ def after_epoch(run: Run, epoch: int) -> None:
     epoch's last step; a "best" one also copies the epoch's checkpoint to checkpoint-best.pt."""
     if run.job.after_epoch is None:
         return
-    entries = run.job.after_epoch(run.job.method, epoch + 1)
+    with torch.random.fork_rng():  # a probe seeds its own draws: training's masks and drop path go on untouched
+        entries = run.job.after_epoch(run.job.method, epoch + 1)
     run.model.train()
     if not entries:
         return
