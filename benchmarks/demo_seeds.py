@@ -8,7 +8,8 @@ Each seed is a whole `cmae demo` (`train.seed=S`: the pre-training runs, their m
 augmentations, and the random-init floors all change with it; the data set stays the same).
 A claim's standard error combines the seed-to-seed spread of the difference (std / sqrt(n))
 with the binomial error of the shared validation set, which more seeds do not shrink.
-Finished seeds are reused.
+Finished seeds are reused; `--attentive` on a seed finished without it evaluates only the attentive
+probe, on that seed's saved encoders.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from cmae.demo import (
     CLAIMS,
     DEMO_EPOCHS,
     DEMO_SPEC,
+    METHODS,
     PROTOCOLS,
+    RANDOM_FLOORS,
     budget_text,
     claim_lines,
     difference_se,
+    evaluate_encoder,
     run_demo,
 )
 
@@ -47,9 +51,21 @@ def main(argv: list[str] | None = None) -> None:
             run_demo(folder, overrides=[f"train.seed={seed}"],
                      protocols=(*PROTOCOLS, "attnprobe") if args.attentive else PROTOCOLS)
         runs[seed] = json.loads(done.read_text())
+        if args.attentive and "motion attnprobe" not in runs[seed][0]:
+            runs[seed] = add_protocol(folder, runs[seed], "attnprobe")
+            done.write_text(json.dumps(runs[seed], indent=2))
     text = seed_table(runs)
     (output / "results.md").write_text(text)
     print(text)
+
+
+def add_protocol(folder: Path, rows: list[dict], protocol: str) -> list[dict]:
+    """A finished seed's rows with one more protocol's columns, from the encoders `run_demo` saved there."""
+    saved = {name: (name, folder / name / "checkpoint-last.pt") for name in METHODS}
+    saved |= {label: (f"random-{preset}", folder / f"random-{preset}" / "checkpoint-init.pt")
+              for label, preset in RANDOM_FLOORS.items()}
+    return [row | evaluate_encoder(row["encoder"], *saved[row["encoder"]], folder / "data", folder, (protocol,))
+            for row in rows]
 
 
 def seed_table(runs: dict[int, list[dict]]) -> str:
