@@ -99,3 +99,19 @@ def current_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def test_a_preset_laid_over_a_checkpoint_keeps_its_model(checkpoints, tmp_path):
+    """A position table is computed, not stored: a preset's model.pos_embed over a checkpoint would change
+    the encoder with every weight still loading. The checkpoint's value stays (a warning says so)."""
+    path = checkpoints / "video" / "checkpoint-last.pt"
+    plain, _ = loading.load_pretrained(path, None, [])
+    other = "separable" if plain.model.pos_embed != "separable" else "mae_2d"
+    preset = tmp_path / "other.yaml"
+    preset.write_text(f"model:\n  pos_embed: {other}\n  drop_path: 0.1\neval:\n  clips: 2\n")
+    with pytest.warns(UserWarning, match=f"kept the checkpoint's model.pos_embed='{plain.model.pos_embed}'"):
+        config, _ = loading.load_pretrained(path, preset, [])
+    assert config.model.pos_embed == plain.model.pos_embed and config.eval.clips == 2
+    assert config.model.drop_path == 0.1  # training-only keys may change
+    overridden, _ = loading.load_pretrained(path, preset, [f"model.pos_embed={other}"])
+    assert overridden.model.pos_embed == other  # a key=value on the command line is meant

@@ -158,10 +158,14 @@ def test_resuming_from_an_older_copy_sets_the_later_copies_aside(synth_dir, tmp_
     aside = tmp_path / "superseded" / "step0000003"
     assert sorted(p.name for p in aside.iterdir()) == [
         "checkpoint-0002.pt", "checkpoint-0003.pt", "checkpoint-last.pt", "checkpoint-step0000008.pt",
-        "checkpoint-step0000009.pt"]
+        "checkpoint-step0000009.pt", "metrics.jsonl"]
     assert torch.load(aside / "checkpoint-last.pt", weights_only=True)["step"] == 9  # the abandoned branch's end
+    # the abandoned branch's rows too: moved out of the run's metrics.jsonl, not deleted
+    assert [r["step"] for r in read_metrics(aside / "metrics.jsonl")] == list(range(4, 10))
+    assert max(r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")) == 6
     with pytest.warns(UserWarning, match="step0000003-2"):  # a second resume from there: a folder of its own
         pretrain(load_config(PRESET, [*overrides, "train.epochs=2"]), tmp_path, resume=older)
     assert (aside / "checkpoint-step0000009.pt").is_file()  # the first branch's copies stay where they were put
     second = sorted(p.name for p in aside.with_name("step0000003-2").iterdir())
-    assert second == ["checkpoint-0002.pt", "checkpoint-last.pt", "checkpoint-step0000005.pt", "checkpoint-step0000006.pt"]
+    assert second == ["checkpoint-0002.pt", "checkpoint-last.pt", "checkpoint-step0000005.pt", "checkpoint-step0000006.pt",
+                      "metrics.jsonl"]

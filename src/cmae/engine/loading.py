@@ -11,6 +11,7 @@ One path, read top to bottom, with each step taken once:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,11 +82,14 @@ def resolve_config(imported: Imported, config_path: str | Path | None, overrides
         raise ConfigError(f"{imported.path} is a {FORMATS[imported.format]} file without a cmae config: "
                           "give --config (a preset whose model.* matches the file)")
     config = config_from_dict(stored or {})
+    trained = dict(vars(config.model))  # the model the file was trained as (a cmae checkpoint)
     for preset, values in read_preset(config_path) if config_path is not None else []:
         try:
             apply_values(config, values, "")
         except ConfigError as error:
             raise ConfigError(f"{preset}: {error}") from None
+    if imported.format == "cmae" and config_path is not None:
+        keep_trained_model(config, trained, config_path)
     for text in overrides:
         set_key(config, *parse_override(text))
     if imported.format == "cmae" and config.method.name != stored["method"]["name"]:
@@ -94,6 +98,23 @@ def resolve_config(imported: Imported, config_path: str | Path | None, overrides
                           "method (or an evaluation preset, which leaves method.* alone)")
     adopt_architecture(config, imported)
     return validate(config)
+
+
+# model keys that only initialise or regularise training: a preset may set them over a trained model
+TRAINING_ONLY_MODEL_KEYS = ("drop_path", "init", "decoder_init")
+
+
+def keep_trained_model(config: Config, trained: dict, preset: str | Path) -> None:
+    """A preset laid over a cmae checkpoint changes the data, eval.* and finetune.*, not the model it was
+    trained as: model.* keys the preset changed (a position table is computed, not stored, so the weights
+    would not notice) go back to the checkpoint's, with a warning. A key=value override still sets them."""
+    kept = []
+    for key, value in trained.items():
+        if key not in TRAINING_ONLY_MODEL_KEYS and getattr(config.model, key) != value:
+            kept.append(f"model.{key}={value!r} (the preset: {getattr(config.model, key)!r})")
+            setattr(config.model, key, value)
+    if kept:
+        warnings.warn(f"{preset} is laid over a trained model: kept the checkpoint's {', '.join(kept)}", stacklevel=3)
 
 
 def described_config(folder_config: dict | None) -> dict | None:

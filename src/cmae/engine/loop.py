@@ -19,6 +19,7 @@ copies) are `cmae.engine.run_state`'s; the stop signals (`StopSignals`, `Preempt
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -60,6 +61,7 @@ from cmae.engine.run_state import (
     restore_state,
     save_state,
     set_aside_later_copies,
+    superseded_folder,
     truncate_metrics,
 )
 from cmae.engine.runtime import (
@@ -132,7 +134,7 @@ def train_loop(config: Config, output: str | Path, make_job: Callable[[torch.dev
             if resume is not None:
                 restore_state(run, resume, saved, resume_override)
             elif restarted and dist_info.is_main:
-                truncate_metrics(run.metrics.path, 0)  # what a run that never saved logged goes
+                truncate_metrics(run.metrics.path, 0, superseded_folder(output, 0))  # a run that never saved
             if dist_info.is_main:
                 save_config(config, output / "config.yaml")
             run.metrics.open_tensorboard(config.train.tensorboard,
@@ -228,7 +230,8 @@ def train_one_epoch(run: Run, epoch: int) -> None:
         if term_grads:
             method.observe_term_grads(term_grads)
             if logging:
-                sums.update({f"grad_norm_{name}": torch.tensor(norm) for name, norm in term_grads.items()})
+                sums.update({f"grad_norm_{name}": torch.tensor(norm, device=run.device)  # stacked with the rest
+                             for name, norm in term_grads.items()})
         grad_norm = None
         if train.clip_grad > 0 or logging:  # the norm before clipping: a sync, so only when needed
             run.scaler.unscale_(run.optimizer)
@@ -273,18 +276,18 @@ def after_epoch(run: Run, epoch: int) -> None:
     epoch's last step; a "best" one also copies the epoch's checkpoint to checkpoint-best.pt."""
     if run.job.after_epoch is None:
         return
-    with torch.random.fork_rng():  # a probe seeds its own draws: training's masks and drop path go on untouched
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):  # probes seed their draws
         entries = run.job.after_epoch(run.job.method, epoch + 1)
     run.model.train()
     if not entries:
         return
-    best = entries.pop("best", False)
-    run.metrics.write({"step": run.step, "epoch": epoch, **entries})
-    if best:
+    if entries.pop("best", False):  # the checkpoint first: a row naming a best epoch always has its file
         if not save_due(run, epoch, last_step=True):
             save_state(run, epoch + 1, 0)
         if run.dist_info.is_main:
-            shutil.copyfile(run.output / CHECKPOINT_NAME, run.output / BEST_NAME)
+            shutil.copyfile(run.output / CHECKPOINT_NAME, run.output / (BEST_NAME + ".tmp"))
+            os.replace(run.output / (BEST_NAME + ".tmp"), run.output / BEST_NAME)
+    run.metrics.write({"step": run.step, "epoch": epoch, **entries})
 
 
 def save_due(run: Run, epoch: int, last_step: bool) -> bool:

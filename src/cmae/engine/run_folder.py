@@ -34,6 +34,9 @@ def claim_output(output: Path, resume: str | Path | None, overwrite: bool, is_ma
         resume = None
     if resume is not None and overwrite:
         raise ConfigError("--overwrite starts a new run; it does not go with --resume PATH")
+    if resume is not None and holds_run(output) and not Path(resume).resolve().is_relative_to(output.resolve()):
+        raise ConfigError(f"{output} already holds a run, and --resume {resume} is another folder's checkpoint: "
+                          "continue a run in its own folder, or give a new --output")
     if resume is None and holds_run(output):
         if not overwrite:
             raise ConfigError(f"{output} already holds a run; continue it with --resume auto, or pass --overwrite "
@@ -46,6 +49,7 @@ def claim_output(output: Path, resume: str | Path | None, overwrite: bool, is_ma
 
 def move_aside(output: Path) -> Path:
     """Rename `output` to a sibling `NAME.previous-YYYYmmdd-HHMMSS` (the old run's last change; -2, -3 when taken)."""
+    output = output.resolve()  # "." has no name to make a sibling of
     latest = max((output / name).stat().st_mtime for name in RUN_FILES if (output / name).exists())
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(latest))
     target = output.with_name(f"{output.name}.previous-{stamp}")

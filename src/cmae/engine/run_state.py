@@ -180,8 +180,8 @@ def restore_state(run: Run, resume: str | Path, state: dict[str, Any], override:
     run.failures.bad = set(state.get("bad_files", []))
     restore_rng(state["rng"], run.dist_info, run.config.train.seed + 1_000_003 * run.start_epoch)
     if run.dist_info.is_main:
-        truncate_metrics(run.metrics.path, run.step)
-        set_aside_later_copies(run.output, Path(resume), run.step, run.start_epoch)
+        aside = set_aside_later_copies(run.output, Path(resume), run.step, run.start_epoch)
+        truncate_metrics(run.metrics.path, run.step, aside or superseded_folder(run.output, run.step))
         print(f"resumed from {resume} at step {run.step} (epoch {run.start_epoch + 1})", file=sys.stderr, flush=True)
         warn_schedule_change(run, state, resume)
 
@@ -293,7 +293,17 @@ def restore_rng(saved: list[dict] | dict, dist_info: DistInfo, reseed: int) -> N
     seed_everything(reseed + dist_info.rank)
 
 
-def set_aside_later_copies(output: Path, resumed: Path, step: int, epoch: int) -> None:
+def superseded_folder(output: Path, step: int) -> Path:
+    """A new output/superseded/stepNNNNNNN (-2, -3 when taken) for what a resume at `step` replaces."""
+    aside = output / "superseded" / f"step{step:07d}"
+    for number in range(2, 1000):
+        if not aside.exists():
+            break
+        aside = aside.with_name(f"step{step:07d}-{number}")
+    return aside
+
+
+def set_aside_later_copies(output: Path, resumed: Path, step: int, epoch: int) -> Path | None:
     """A run restarted from an older kept checkpoint: move the folder's newer kept copies into
     output/superseded/stepNNNNNNN (the step resumed at; a new folder each time), since the new run
     reuses their names and a stale newer step copy would make `keep_checkpoints` delete the run's own
@@ -308,12 +318,8 @@ def set_aside_later_copies(output: Path, resumed: Path, step: int, epoch: int) -
     last = output / CHECKPOINT_NAME
     keep_last = last.is_file() and last.resolve() != resumed.resolve()
     if not later and not keep_last:
-        return
-    aside = output / "superseded" / f"step{step:07d}"
-    for number in range(2, 1000):
-        if not aside.exists():
-            break
-        aside = aside.with_name(f"step{step:07d}-{number}")
+        return None
+    aside = superseded_folder(output, step)
     try:
         aside.mkdir(parents=True)
         for path in later:
@@ -322,14 +328,28 @@ def set_aside_later_copies(output: Path, resumed: Path, step: int, epoch: int) -
             link_or_copy(last, aside / last.name)
     except OSError as error:
         warnings.warn(f"could not set aside the kept checkpoints of {output} ({error})", stacklevel=3)
-        return
+        return None
     warnings.warn(f"resuming at step {step} from {resumed}: the folder's later checkpoints ({len(later)} kept "
                   f"cop{'y' if len(later) == 1 else 'ies'}{', and checkpoint-last.pt' if keep_last else ''}) are "
                   f"now in {aside}", stacklevel=3)
+    return aside
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after the checkpoint a crashed run is resumed from."""
-    if path.exists():
-        kept = [r for r in read_metrics(path) if r["step"] <= step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+def truncate_metrics(path: Path, step: int, aside: Path) -> None:
+    """Take the lines logged after the checkpoint a run is resumed from out of `path`, so that no step is
+    logged twice; they go to aside/metrics.jsonl (nothing is deleted). Each file is replaced whole."""
+    if not path.exists():
+        return
+    rows = read_metrics(path)
+    later = [r for r in rows if r["step"] > step]
+    if later:
+        aside.mkdir(parents=True, exist_ok=True)
+        write_whole(aside / path.name, later)
+    write_whole(path, [r for r in rows if r["step"] <= step])
+
+
+def write_whole(path: Path, rows: list[dict[str, Any]]) -> None:
+    """JSON lines written to a temporary file and renamed over `path`: a crash leaves the old or the new."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(temporary, path)
