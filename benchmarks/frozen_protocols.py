@@ -50,7 +50,7 @@ def protocols(config, train, val, subset: int) -> dict[str, float]:
     row["linear s"] = time.time() - started
     started = time.time()
     heads = make_heads("attentive", 1, tx.shape[-1], classes, config.eval, config.train.seed)
-    train_probes(heads, grid_settings("attentive", config.eval), tx, ty, "attentive", config.eval, config.train.seed)
+    train_probes(heads, grid_settings("attentive", config.eval), tx, ty, "attentive", config.eval)
     row["attentive"] = topk_accuracy(probe_scores(heads[0], vx), vy)["top1"]
     row["attentive s"] = time.time() - started
     return row

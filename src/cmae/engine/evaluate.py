@@ -263,7 +263,7 @@ def probe_grid(protocol: str, x: torch.Tensor, y: torch.Tensor, num_classes: int
     fit = sorted(set(range(len(y))) - set(select))
     settings = grid_settings(kind, cfg)
     heads = make_heads(kind, len(settings), x.shape[-1], num_classes, cfg, config.train.seed)
-    train_probes(heads, settings, x[fit], y[fit], kind, cfg, config.train.seed,
+    train_probes(heads, settings, x[fit], y[fit], kind, cfg,
                  None if stream is None else functools.partial(stream, fit))
     grid = []
     for index, (head, setting) in enumerate(zip(heads, settings, strict=True)):

@@ -132,9 +132,11 @@ def make_heads(kind: str, count: int, dim: int, num_classes: int, cfg: EvalConfi
     return [AttentiveProbe(dim, num_classes, cfg.attn_queries, cfg.attn_depth, cfg.attn_heads) for _ in range(count)]
 
 
-def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch: int, seed: int = 0) -> Callable[[int], Iterator]:
-    """`epoch -> (features, labels)` batches of a fresh seeded shuffle of cached features each epoch."""
-    generator = torch.Generator().manual_seed(seed)
+def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch: int) -> Callable[[int], Iterator]:
+    """`epoch -> (features, labels)` batches of a fresh shuffle of cached features each epoch. The shuffles
+    continue torch's global stream from where `make_heads` left it (the linear probe's order since before
+    probe grids, so its numbers stay), on a copy: the global stream itself is not moved."""
+    generator = torch.Generator().set_state(torch.get_rng_state())
 
     def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(y), generator=generator)
@@ -145,7 +147,7 @@ def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch: int, seed: int = 0) 
 
 
 def train_probes(heads: Sequence[nn.Module], settings: Sequence[ProbeSetting], x: torch.Tensor | None, y: torch.Tensor,
-                 kind: str, cfg: EvalConfig, seed: int = 0,
+                 kind: str, cfg: EvalConfig,
                  stream: Callable[[int, int], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> None:
     """Train every head on features `x` (`[N, D]` or token grids `[N, L, D]`) and labels `[N]`, in place;
     or, given `stream(epoch, batch)`, on the batches it yields each epoch (`eval.probe_augment`: features of
@@ -166,7 +168,7 @@ def train_probes(heads: Sequence[nn.Module], settings: Sequence[ProbeSetting], x
     steps_per_epoch = math.ceil(len(y) / batch)
     total = epochs * steps_per_epoch
     warmup = min(cfg.probe_warmup_epochs, epochs / 2) * steps_per_epoch
-    epoch_batches = tensor_batches(x, y, batch, seed) if stream is None else lambda epoch: stream(epoch, batch)
+    epoch_batches = tensor_batches(x, y, batch) if stream is None else lambda epoch: stream(epoch, batch)
     step = 0
     for head in heads:
         head.train()
@@ -210,5 +212,5 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
     """One linear probe (`eval.probe_*`) trained on `train_x` `[N, D]`, scored on `val_x`: top1/top5."""
     setting = [ProbeSetting(cfg.probe_base_lr, cfg.probe_weight_decay)]
     heads = make_heads("linear", 1, train_x.shape[1], num_classes, cfg, seed)
-    train_probes(heads, setting, train_x, train_y, "linear", cfg, seed)
+    train_probes(heads, setting, train_x, train_y, "linear", cfg)
     return topk_accuracy(probe_scores(heads[0], val_x), val_y)
