@@ -39,10 +39,11 @@ def test_resume_matches_an_uninterrupted_run(synth_dir, tmp_path):
     assert (tmp_path / "full" / "checkpoint-0001.pt").is_file()
     # a run that stopped after epoch 1: its folder as it was then, metrics past the checkpoint included
     (tmp_path / "resumed").mkdir()
-    shutil.copy(tmp_path / "full" / "metrics.jsonl", tmp_path / "resumed" / "metrics.jsonl")
+    for name in ("metrics.jsonl", "checkpoint-0001.pt"):
+        shutil.copy(tmp_path / "full" / name, tmp_path / "resumed" / name)
     torch.manual_seed(999)  # the checkpoint's RNG states, not this, must drive the rest
     pretrain(load_config(PRESET, overrides), tmp_path / "resumed",
-             resume=tmp_path / "full" / "checkpoint-0001.pt")
+             resume=tmp_path / "resumed" / "checkpoint-0001.pt")
     a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoint-last.pt", weights_only=True)
     assert a["step"] == b["step"] == 6
