@@ -236,7 +236,7 @@ def add_weights_commands(commands) -> None:
 
 
 def add_evaluations(commands) -> None:
-    """linprobe, knn and finetune: one signature."""
+    """linprobe, attnprobe, knn and finetune: one signature."""
     protocols = {"linprobe": "linear probe on frozen features", "attnprobe": "attentive probe (V-JEPA) on frozen "
                  "token grids", "knn": "weighted kNN on frozen features",
                  "finetune": "end-to-end fine-tuning"}
@@ -256,7 +256,6 @@ def add_evaluations(commands) -> None:
         evaluate.add_argument("overrides", nargs="*", metavar="key=value",
                               help="e.g. data.train=LIST data.val=LIST eval.clips=5 eval.label_fraction=0.1")
         evaluate.set_defaults(func=cmd_evaluate)
-
 
 
 def build_parser() -> argparse.ArgumentParser:

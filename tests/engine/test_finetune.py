@@ -178,6 +178,9 @@ def test_model_ema_follows_the_weights_and_is_tested(synth_dir, tiny_run, tmp_pa
     saved = torch.load(tmp_path / "ft" / "checkpoint-last.pt", weights_only=False)
     assert any(key.startswith("ema.") for key in saved["model"])  # --resume restores the average too
     assert summary["first"]["lr"] == pytest.approx(1e-6)  # the warm-up starts at warmup_lr
+    without = [o for o in overrides if not o.startswith("finetune.model_ema=")] + ["finetune.model_ema=false"]
+    with pytest.raises(ConfigError, match=r"finetune\.model_ema=False \(checkpoint: True\)"):
+        finetune(tiny_run / "checkpoint-last.pt", tmp_path / "ft", overrides=without, resume="auto")
 
 
 def test_attention_dropout_acts_in_training_only():

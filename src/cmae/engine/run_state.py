@@ -34,7 +34,8 @@ from cmae.methods.base import Method
 KEPT_COPY = re.compile(r"checkpoint-(step)?(\d+)\.pt")  # checkpoint-NNNN.pt (epochs), checkpoint-stepNNNNNNN.pt
 
 # a resumed run must build and feed the same model: keys outside these sections may change
-MODEL_KEYS = ("model.", "method.", "data.num_frames", "data.image_size", "data.views")
+# (finetune.model_ema adds the average's weights to the checkpoint: toggled, the strict load would fail)
+MODEL_KEYS = ("model.", "method.", "data.num_frames", "data.image_size", "data.views", "finetune.model_ema")
 
 
 @dataclass
