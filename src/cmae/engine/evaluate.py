@@ -40,7 +40,7 @@ from cmae.engine.probes import (
     topk_accuracy,
     train_probes,
 )
-from cmae.engine.runtime import autocast, resolve_device, resolve_precision
+from cmae.engine.runtime import autocast, resolve_device, resolve_precision, undecodable
 from cmae.models.pooling import pool_tokens
 
 __all__ = ["balanced_fraction", "cached_features", "extract_features", "frozen_evaluation", "knn_classify",
@@ -161,8 +161,7 @@ def check_decode_failures(failed: int, total: int, limit: float) -> None:
     not the data set's score."""
     if failed and (failed > limit * total or failed == total):  # none left: nothing to score, whatever the limit
         why = f"{failed / total:.1%} > data.max_failed_fraction={limit:.1%}" if failed > limit * total else "none left"
-        raise InputError(f"{failed} of {total} files could not be decoded ({why}); the warnings above name "
-                         "them (cmae prepare check LIST lists them all)")
+        raise undecodable(failed, total, why)
     if failed:
         warnings.warn(f"{failed} of {total} files could not be decoded "
                       "and are left out of the evaluation (the warnings above name them)", stacklevel=3)

@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cmae.config import Config, ConfigError, InputError, TrainConfig, config_from_dict
+from cmae.config import Config, ConfigError, TrainConfig, config_from_dict
 from cmae.distributed import DistInfo, all_reduce_sum, all_true, gather_objects
 from cmae.engine.checkpoint import CheckpointWriteError, rng_states, save_checkpoint, set_rng_states
 from cmae.engine.parallel import full_state, load_full_state
 from cmae.engine.run_folder import CHECKPOINT_NAME
-from cmae.engine.runtime import MetricsLog, read_metrics, seed_everything
+from cmae.engine.runtime import MetricsLog, read_metrics, seed_everything, undecodable
 from cmae.engine.signals import StopSignals
 from cmae.methods.base import Method
 
@@ -99,11 +99,8 @@ class DecodeFailures:
             return
         fraction = self.failed / self.attempted
         if fraction > self.max_fraction:
-            raise InputError(
-                f"{self.failed} of {self.attempted} files could not be decoded ({fraction:.1%} > "
-                f"data.max_failed_fraction={self.max_fraction:.1%}); the warnings above name them "
-                "(cmae prepare check LIST lists them all)"
-            )
+            raise undecodable(self.failed, self.attempted, f"{fraction:.1%} > "
+                              f"data.max_failed_fraction={self.max_fraction:.1%}")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from cmae.config import ConfigError
+from cmae.config import ConfigError, InputError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,6 +83,12 @@ class MetricsLog:
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
+
+
+def undecodable(failed: int, total: int, why: str) -> InputError:
+    """The one line that stops a run or an evaluation over too many files that do not decode."""
+    return InputError(f"{failed} of {total} files could not be decoded ({why}); the warnings above name them "
+                      "(cmae prepare check LIST lists them all)")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
