@@ -98,3 +98,18 @@ def test_probe_grid_benchmark_prints_its_table(synth_dir, tmp_path, capsys):
         ("linprobe", "1"), ("linprobe", "6"), ("attnprobe", "1"), ("attnprobe", "6"),
         *[(f"{p}, probe_augment, 12 clips", n) for p in ("linprobe", "attnprobe") for n in ("1", "6")]]
     assert all(float(row[-1]) > 0 for row in rows)
+
+
+def test_attentive_layers_probes_every_layer_on_the_selection_split(synth_dir, capsys):
+    import attentive_layers
+
+    from cmae.engine.loading import load_pretrained
+    from tests.helpers import tiny_overrides
+
+    overrides = tiny_overrides(synth_dir)  # no data.val: the benchmark never reads one
+    attentive_layers.main(["--train", str(synth_dir / "train.txt"), "--encoder", "random=random:demo/videomae",
+                           "--lrs", "1e-3,1e-2", *overrides, "eval.attn_epochs=1", "eval.attn_heads=2"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| random")]
+    depth = load_pretrained("random", "demo/videomae", overrides)[1].encoder.depth
+    assert [row[1].strip() for row in rows] == ["embedding", *(f"block {i}" for i in range(1, depth + 1)), "final"]
+    assert all(len(row) == 4 and 0.0 <= float(row[2]) <= 100.0 and 0.0 <= float(row[3]) <= 100.0 for row in rows)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cmae.data.synth import SynthSpec
-from cmae.demo import PRESETS, RANDOM_FLOORS, TASKS, Claim, difference_se, run_demo, save_random_init
+from cmae.demo import PRESETS, RANDOM_FLOORS, TASKS, Claim, claim_lines, difference_se, run_demo, save_random_init
 from tests.helpers import TINY_DECODER
 
 # patch 4 (the preset's): the demo's 32x32 frames give 8x8 tokens
@@ -41,6 +41,13 @@ def test_claims_need_both_margin_and_standard_errors():
     assert difference_se(50.0, 50.0, 100) == pytest.approx(100 * (0.5 / 100) ** 0.5)
     assert Claim("x", "c", "a", "b", margin=8).check(8.0, 5.0) and not Claim("x", "c", "a", "b", margin=8).check(7.9, 0.1)
     assert not Claim("x", "c", "a", "b", min_se=2).check(3.0, 1.5) and Claim("x", "c", "a", "b", min_se=2).check(3.1, 1.5)
+
+
+def test_a_claim_may_compare_two_protocols_of_one_encoder_and_skips_missing_cells():
+    rows = [{"encoder": "a", "lin": 50.0, "attn": 56.0}, {"encoder": "floor", "lin": 30.0}]
+    claims = [Claim("attn reads more", "attn", "a", "a", baseline_column="lin"), Claim("a learns", "attn", "a", "floor")]
+    lines = claim_lines(claims, rows, lambda claim, a, b: 2.0)
+    assert lines[2:] == ["| attn reads more: a attn - a lin (needs >= 0 points) | +6.0 | 2.0 | +3.0 | yes |"]
 
 
 def test_saved_floor_is_the_seeded_random_init(tmp_path):
