@@ -41,7 +41,7 @@ DEMO_SPEC = SynthSpec(num_train=1600, num_val=640, same_shape_distractors=True, 
 PROBE = ["eval.probe_epochs=100", "eval.probe_batch_size=256", "eval.probe_warmup_epochs=10"]
 # The frozen protocols of the table. The attentive probe (`attnprobe`) reads more, but its token grids and
 # training cost about 1.5 min per encoder and task on 2 cores, which the 10-minute demo cannot hold:
-# benchmarks/demo_seeds.py --attentive adds its columns.
+# benchmarks/demo_seeds.py --attentive adds its motion column.
 PROTOCOLS = ("linprobe", "knn")
 # The attentive probe at V-JEPA's lr (1e-3) undertrains on the demo's 1,280 clips (400 steps): on a selection
 # split of the training clips every encoder reads more at 3e-3 or 1e-2 (docs/results.md), so the columns choose
