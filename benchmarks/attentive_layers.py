@@ -28,6 +28,7 @@ from cmae.data.lists import read_samples
 from cmae.engine.evaluate import balanced_fraction, extract_features
 from cmae.engine.loading import load_pretrained
 from cmae.engine.probes import ProbeSetting, make_heads, probe_scores, topk_accuracy, train_probes
+from cmae.engine.schedule import cosine_with_warmup
 
 
 def layer_tokens(spec: str, train: str, overrides: list[str]):
@@ -51,11 +52,12 @@ def layer_tokens(spec: str, train: str, overrides: list[str]):
     return config, [*layers, final], labels
 
 
-def split(labels: torch.Tensor, select_fraction: float, fit_fraction: float) -> tuple[list[int], list[int]]:
-    """(fit, select) indices: a class-balanced selection split, and `fit_fraction` of the rest (class-balanced)."""
-    select = balanced_fraction(labels.tolist(), select_fraction, 1)
+def split(labels: torch.Tensor, select_fraction: float, fit_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(fit, select) indices: the selection split `eval.probe_grid` carves (seed `eval.fraction_seed` + 1), and
+    `fit_fraction` of the rest, class-balanced as `eval.label_fraction` draws it (seed `eval.fraction_seed`)."""
+    select = balanced_fraction(labels.tolist(), select_fraction, seed + 1)
     rest = sorted(set(range(len(labels))) - set(select))
-    return [rest[i] for i in balanced_fraction(labels[rest].tolist(), fit_fraction, 0)], select
+    return [rest[i] for i in balanced_fraction(labels[rest].tolist(), fit_fraction, seed)], select
 
 
 def cmae_probe(config, x, y, fit, select, lrs) -> list[float]:
@@ -81,14 +83,14 @@ def jepa_probe(config, x, y, fit, select, lr: float) -> float:
         for start in range(0, len(fit), cfg.attn_batch_size):
             batch = order[start : start + cfg.attn_batch_size]
             for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                group["lr"] = cosine_with_warmup(step, total, 0, lr)
             loss = F.cross_entropy(head(xf[batch]), yf[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             step += 1
     with torch.no_grad():
-        return 100.0 * (head.eval()(x[select].float()).argmax(1) == y[select]).float().mean().item()
+        return topk_accuracy(head.eval()(x[select].float()), y[select])["top1"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     for encoder in args.encoder:
         name, spec = encoder.split("=", 1)
         config, layers, labels = layer_tokens(spec, args.train, args.overrides)
-        fit, select = split(labels, args.select, args.fraction)
+        fit, select = split(labels, args.select, args.fraction, config.eval.fraction_seed)
         for index, tokens in enumerate(layers):
             if args.final_only and index < len(layers) - 1:
                 continue
