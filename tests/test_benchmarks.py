@@ -83,6 +83,18 @@ def test_resize_benchmark_prints_its_table():
     assert all(float(value) > 0 for row in rows for value in row[1:])
 
 
+def test_synth_targets_measures_the_codec_noise_of_each_style(capsys):
+    from synth_targets import main as synth_targets
+
+    synth_targets(["--clips", "4"])
+    rows = {row[0].strip(): [float(v.strip().rstrip("%")) for v in row[2:]] for row in
+            (line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:])}
+    assert set(rows) == {"shapes", "natural"}
+    # flat dark backgrounds: the per-channel target is largely codec noise; dead leaves: mostly the scene
+    assert rows["shapes"][0] > 0.3 > 0.15 > rows["natural"][0]
+    assert rows["shapes"][4] > 0.5 > rows["natural"][4]  # the patch target's share that is the patch's colour
+
+
 def test_probe_grid_benchmark_prints_its_table(synth_dir, tmp_path, capsys):
     import probe_grid
 
@@ -113,3 +125,14 @@ def test_attentive_layers_probes_every_layer_on_the_selection_split(synth_dir, c
     depth = load_pretrained("random", "demo/videomae", overrides)[1].encoder.depth
     assert [row[1].strip() for row in rows] == ["embedding", *(f"block {i}" for i in range(1, depth + 1)), "final"]
     assert all(len(row) == 4 and 0.0 <= float(row[2]) <= 100.0 and 0.0 <= float(row[3]) <= 100.0 for row in rows)
+
+
+def test_data_budget_pretrains_and_probes_on_the_selection_split(tmp_path, capsys):
+    from data_budget import main as data_budget
+
+    data_budget(["--output", str(tmp_path), "--style", "natural", "--epochs", "1", "--train-clips", "40",
+                 "--overrides", "train.batch_size=8", "eval.probe_epochs=2"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
+    assert [row[0].strip() for row in rows] == ["random floor", "videomae, 1 epochs"]
+    assert all(0 <= float(row[2]) <= 100 for row in rows)
+    assert len((tmp_path / "data-natural" / "sel_val.txt").read_text().splitlines()) == 8  # a fifth of 40

@@ -11,18 +11,20 @@ import time
 
 from cmae import __version__
 from cmae.config import ConfigError, InputError, load_config
+from cmae.data.synth import STYLES, SynthSpec
 from cmae.engine.checkpoint import CheckpointWriteError
 from cmae.engine.signals import EXIT_INTERRUPTED
 from cmae.interop import WeightsError
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from cmae.data.synth import SynthSpec, write_synthetic_dataset
+    from cmae.data.synth import write_synthetic_dataset
 
     spec = SynthSpec(num_train=args.train, num_val=args.val, num_frames=args.frames, size=args.size, seed=args.seed,
                      background_drift=args.background_drift, distractors=args.distractors,
                      same_shape_distractors=args.same_shape_distractors,
-                     same_color_distractors=args.same_color_distractors, background_pool=args.background_pool)
+                     same_color_distractors=args.same_color_distractors, background_pool=args.background_pool,
+                     style=args.style, crf=args.crf)
     started = time.time()
     summary = write_synthetic_dataset(args.output, spec, progress=True)
     print(json.dumps(summary, indent=2, default=str))
@@ -271,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--frames", type=int, default=16)
     synth.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--style", choices=STYLES, default=SynthSpec.style,
+                       help="natural: textured, accelerating objects over dead leaves (docs/data.md); "
+                            "shapes: flat shapes over a dark texture (the demo's data)")
+    synth.add_argument("--crf", type=int, default=SynthSpec.crf, help="x264 quality (lower: less codec noise)")
     synth.add_argument("--background-drift", type=float, default=0.3,
                        help="largest background travel over a clip, as a fraction of the frame (0: static)")
     synth.add_argument("--background-pool", type=int, default=0,

@@ -11,52 +11,41 @@ Appearance labels, one list each: the main object's shape (`*_object.txt`), its 
 shape and colours, which makes the first two ambiguous on a frame, unless
 `same_shape_distractors` / `same_color_distractors` give them the main object's.
 
+That is the flat `style="shapes"` drawn here (the default, and the demo's data); `style="natural"`
+(`cmae.data.synth_natural`) draws the same classes with textured objects over dead leaves.
+
 Clip ``i`` of a split is rendered from ``np.random.default_rng(split_seed + i)``, so
 it does not depend on how many clips are generated. Train and val use disjoint
 seed streams (``seed + i`` and ``seed + 1_000_000 + i``).
 """
 from __future__ import annotations
 
-import colorsys
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-MOTION_CLASSES: tuple[str, ...] = (
-    "move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow", "shrink",
+from cmae.data.shapes import (
+    COLOR_CLASSES,
+    MOTION_CLASSES,
+    OBJECT_CLASSES,
+    SCENE_CLASSES,
+    SUPERSAMPLE,
+    VAL_SEED_OFFSET,
+    ClipParams,
+    Sprite,
+    draw_sprite,
+    random_colors,
 )
-OBJECT_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
-# The background's pattern (every frame shows exactly one, faintly).
-SCENE_CLASSES: tuple[str, ...] = ("noise", "stripes", "checker")
-# The main object's hue in six 60-degree bins, starting at red: an appearance label that is
-# clean when the distractors share the object's colours (`same_color_distractors`).
-COLOR_CLASSES: tuple[str, ...] = ("red", "yellow", "green", "cyan", "blue", "magenta")
+from cmae.data.synth_natural import NATURAL_SCENE_CLASSES, render_natural_clip, sample_natural_clip
 
-VAL_SEED_OFFSET = 1_000_000
-_SS = 2  # supersampling factor: draw at 2x and box-downsample, i.e. cheap anti-aliasing
-
-
-def _polygon(radii: list[float] | float, angles_deg: np.ndarray) -> np.ndarray:
-    a = np.deg2rad(angles_deg)
-    return np.stack([np.cos(a), np.sin(a)], axis=1) * np.asarray(radii, dtype=np.float64)[..., None]
-
-
-_W = 0.3  # half-width of the cross arms
-# Unit outlines [N, 2] (x, y), circumradius 1, angle 0 pointing along +x.
-_SHAPES: dict[str, np.ndarray] = {
-    "circle": _polygon(1.0, np.arange(0, 360, 12)),
-    "square": _polygon(1.0, np.arange(45, 360, 90)),
-    "triangle": _polygon(1.0, np.arange(0, 360, 120)),
-    "star": _polygon([1.0, 0.45] * 5, np.arange(0, 360, 36)),
-    "cross": np.array([(1, _W), (_W, _W), (_W, 1), (-_W, 1), (-_W, _W), (-1, _W),
-                       (-1, -_W), (-_W, -_W), (-_W, -1), (_W, -1), (_W, -_W), (1, -_W)], float),
-}
-# Off-centre marking (dot) in unit coordinates: breaks every shape's symmetry so rotation shows.
-_MARK_POS, _MARK_RADIUS = np.array([0.55, 0.0]), 0.25
+__all__ = ["COLOR_CLASSES", "MOTION_CLASSES", "OBJECT_CLASSES", "SCENE_CLASSES", "STYLES", "VAL_SEED_OFFSET",
+           "ClipParams", "Sprite", "SynthSpec", "background_textures", "render_clip", "sample_clip", "scene_classes",
+           "write_mp4", "write_synthetic_dataset"]
+STYLES = ("natural", "shapes")
 
 
 @dataclass
@@ -78,59 +67,34 @@ class SynthSpec:
     # > 0: every clip's background is one of this many shared textures (train and val alike), so a background
     # no longer identifies a clip; 0: each clip draws its own. Every other draw of a clip stays the same.
     background_pool: int = 0
+    # natural: textured objects over dead leaves under 1/f noise, accelerating (cmae.data.synth_natural);
+    # shapes: flat bright shapes over a dark low-contrast texture (this module; the demo's data)
+    style: str = "shapes"
+    crf: int = 20  # x264's constant rate factor: lower keeps more detail (and codec noise less of a target)
 
 
-@dataclass
-class Sprite:
-    """One shape and its per-frame pose; positions and radii are in output pixels."""
-    shape: int                       # index into OBJECT_CLASSES
-    color: tuple[int, int, int]      # drawn from hue in COLOR_CLASSES bin `hue_class`
-    mark_color: tuple[int, int, int]
-    center: np.ndarray               # [T, 2] (x, y), y pointing down
-    angle: np.ndarray                # [T] radians; increasing = clockwise on screen (y down)
-    radius: np.ndarray               # [T] circumradius
-    hue_class: int = 0               # index into COLOR_CLASSES
+def scene_classes(style: str) -> tuple[str, ...]:
+    """The names of the `*_scene.txt` labels: the background's pattern (shapes) or leaf shape (natural)."""
+    return NATURAL_SCENE_CLASSES if style == "natural" else SCENE_CLASSES
 
 
-@dataclass
-class ClipParams:
-    """Everything needed to render one clip; produced by :func:`sample_clip`."""
-    motion: int                      # index into MOTION_CLASSES
-    size: int
-    obj: Sprite
-    distractors: list[Sprite] = field(default_factory=list)
-    texture: np.ndarray | None = None  # [h, w, 3] uint8 background at 2x resolution, larger than a frame
-    bg_offset: np.ndarray | None = None  # [T, 2] top-left (x, y) of the frame in the texture, pixels
-    scene: int = 0                   # index into SCENE_CLASSES: the texture's pattern
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.obj.center)
-
-
-def _random_colors(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-    """A bright body colour of random hue and saturation, and a dark marking of the opposite hue.
-
-    Objects are brighter than the dark background: the body's brightest channel is at least
-    0.85 x 255, every background channel at most 102 (a saturated blue body can still be
-    darker in its other channels, and in luminance). With random polarity, a moving
-    edge's temporal change flips sign with the colours, and direction becomes an XOR of
-    polarity and displacement: measured here, a small 3D CNN trained on 2000 such clips
-    stayed at chance after 600 steps, and reached 97 % with fixed polarity (hue, saturation,
-    texture and shape still random, so appearance still gives no class away).
-    """
-    h, s, v = rng.random(), rng.uniform(0.3, 1.0), rng.uniform(0.85, 1.0)
-    body = colorsys.hsv_to_rgb(h, s, v)
-    mark = colorsys.hsv_to_rgb((h + 0.5) % 1, 1.0, 0.3)
-    hue_class = int(h * len(COLOR_CLASSES)) % len(COLOR_CLASSES)
-    return tuple(round(255 * c) for c in body), tuple(round(255 * c) for c in mark), hue_class
+def sample_and_render(spec: SynthSpec, motion: int, rng: np.random.Generator,
+                      pool: list[tuple[np.ndarray, int]]) -> tuple[ClipParams, np.ndarray]:
+    """One clip of `spec`'s style: its parameters and its frames [T, size, size, 3] uint8."""
+    args = (motion, rng, spec.num_frames, spec.size, spec.background_drift, spec.distractors,
+            spec.same_shape_distractors, tuple(spec.object_size), spec.same_color_distractors)
+    if spec.style == "natural":
+        params = sample_natural_clip(*args)
+        return params, render_natural_clip(params)
+    params = sample_clip(*args, pool)
+    return params, render_clip(params)
 
 
 def _texture(rng: np.random.Generator, side: int) -> tuple[np.ndarray, int]:
     """Random background [side, side, 3] uint8 (at supersampled resolution): smooth noise,
     stripes or checker (the returned SCENE_CLASSES index), plus some smooth noise, mapped
     between two low-contrast colours."""
-    yy, xx = np.mgrid[0:side, 0:side] / _SS  # in output pixels
+    yy, xx = np.mgrid[0:side, 0:side] / SUPERSAMPLE  # in output pixels
     kind = rng.integers(3)
     cells = int(rng.integers(3, 9))
     noise = np.asarray(Image.fromarray(rng.random((cells, cells)).astype(np.float32), "F")
@@ -166,7 +130,7 @@ def sample_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, siz
     direction = rng.uniform(0, 2 * np.pi)
     drift = rng.uniform(1 / 6, 1.0) * background_drift * L * np.array([np.cos(direction), np.sin(direction)])
     margin = int(np.ceil(np.abs(drift).max())) + 1
-    texture, scene = _texture(rng, (size + 2 * margin) * _SS)
+    texture, scene = _texture(rng, (size + 2 * margin) * SUPERSAMPLE)
     bg_offset = margin + drift * tc[:, None]
 
     # Main object: mid-clip radius and centre are class-independent; the motion spreads the
@@ -186,7 +150,7 @@ def sample_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, siz
     else:
         factor = rng.uniform(1.4, 1.8)  # ratio of last to first radius
         radius = r_mid * factor ** ((1 if name == "grow" else -1) * tc)
-    body, mark, hue_class = _random_colors(rng)
+    body, mark, hue_class = random_colors(rng)
     obj = Sprite(int(rng.integers(len(OBJECT_CLASSES))), body, mark, center, angle, radius, hue_class)
 
     # Distractors: smaller than the main object ever gets, random translation/rotation/scaling.
@@ -195,7 +159,7 @@ def sample_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, siz
         mid, travel = rng.uniform(0.1, 0.9, 2) * L, rng.uniform(-0.4, 0.4, 2) * L
         r = rng.uniform(0.035, 0.06) * L * rng.uniform(0.8, 1.25) ** (2 * tc)
         ang = rng.uniform(0, 2 * np.pi) + rng.uniform(-1.2, 1.2) * np.pi * tc
-        body, mark, hue_class = _random_colors(rng)
+        body, mark, hue_class = random_colors(rng)
         shape = int(rng.integers(len(OBJECT_CLASSES)))  # drawn either way: the other draws stay the same
         if same_color_distractors:
             body, mark, hue_class = obj.color, obj.mark_color, obj.hue_class
@@ -215,37 +179,28 @@ def background_textures(spec: SynthSpec) -> list[tuple[np.ndarray, int]]:
     """The `spec.background_pool` shared backgrounds (texture, scene index), each as large as the
     largest drift needs; empty when the pool is off."""
     margin = int(np.ceil(spec.background_drift * spec.size)) + 1
-    return [_texture(np.random.default_rng(spec.seed + POOL_SEED_OFFSET + k), (spec.size + 2 * margin) * _SS)
+    return [_texture(np.random.default_rng(spec.seed + POOL_SEED_OFFSET + k), (spec.size + 2 * margin) * SUPERSAMPLE)
             for k in range(spec.background_pool)]
-
-
-def _draw_sprite(draw: ImageDraw.ImageDraw, s: Sprite, t: int) -> None:
-    c, a, r = s.center[t] * _SS, s.angle[t], s.radius[t] * _SS
-    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    pts = _SHAPES[OBJECT_CLASSES[s.shape]] @ rot.T * r + c
-    draw.polygon([tuple(p) for p in pts], fill=s.color)
-    m, mr = rot @ _MARK_POS * r + c, _MARK_RADIUS * r
-    draw.ellipse([m[0] - mr, m[1] - mr, m[0] + mr, m[1] + mr], fill=s.mark_color)
 
 
 def render_clip(params: ClipParams) -> np.ndarray:
     """Render a clip to uint8 frames [T, size, size, 3]. A ``None`` texture gives a black background."""
-    n, big = params.size, params.size * _SS
+    n, big = params.size, params.size * SUPERSAMPLE
     frames = np.empty((params.num_frames, n, n, 3), np.uint8)
     for t in range(params.num_frames):
         if params.texture is None:
             img = Image.new("RGB", (big, big))
         else:
-            x0, y0 = np.round(params.bg_offset[t] * _SS).astype(int)
+            x0, y0 = np.round(params.bg_offset[t] * SUPERSAMPLE).astype(int)
             img = Image.fromarray(params.texture[y0:y0 + big, x0:x0 + big])
         draw = ImageDraw.Draw(img)
         for sprite in [*params.distractors, params.obj]:  # main object last: never occluded
-            _draw_sprite(draw, sprite, t)
+            draw_sprite(draw, sprite, t)
         frames[t] = np.asarray(img.resize((n, n), Image.BOX))
     return frames
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int, crf: int = 20) -> None:
     """Encode frames [T, H, W, 3] uint8 as H.264/yuv420p; written to a temp name, then renamed."""
     import av  # here, not at the top: rendering alone (e.g. benchmarks/gpu_check.py) runs without PyAV
 
@@ -256,7 +211,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         # Short GOP (cheap seeking), no B-frames, one thread. mbtree off: with it, x264 encoded
         # identical tiny (32x32) clips differently from run to run (~1 in 6 files) in testing.
-        stream.options = {"crf": "20", "preset": "fast",
+        stream.options = {"crf": str(crf), "preset": "fast",
                           "x264-params": "keyint=8:min-keyint=8:scenecut=0:bframes=0:threads=1:mbtree=0"}
         for t, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
@@ -278,11 +233,16 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec | None = None, 
     spec = SynthSpec() if spec is None else spec
     if spec.size % 2 or spec.size < 16 or spec.num_frames < 4:
         raise ValueError(f"need an even size >= 16 and num_frames >= 4, got {spec}")
+    if spec.style not in STYLES:
+        raise ValueError(f"unknown synthetic style {spec.style!r}; choose one of {', '.join(STYLES)}")
+    if spec.style == "natural" and spec.background_pool:
+        raise ValueError("background_pool is an option of the shapes style only")
+    scenes = scene_classes(spec.style)
     out = Path(out_dir)
     splits = {"train": (spec.num_train, spec.seed), "val": (spec.num_val, spec.seed + VAL_SEED_OFFSET)}
     summary: dict = {"out_dir": str(out), "motion_classes": list(MOTION_CLASSES),
                      "object_classes": list(OBJECT_CLASSES), "color_classes": list(COLOR_CLASSES),
-                     "scene_classes": list(SCENE_CLASSES), "counts": {}, "lists": {}}
+                     "scene_classes": list(scenes), "counts": {}, "lists": {}}
     total = spec.num_train + spec.num_val
     bar = None
     if progress:
@@ -293,12 +253,9 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec | None = None, 
         (out / "videos" / split).mkdir(parents=True, exist_ok=True)
         lines: dict[str, list[str]] = {"": [], "_object": [], "_color": [], "_scene": []}
         for i in range(count):
-            params = sample_clip(i % len(MOTION_CLASSES), np.random.default_rng(split_seed + i),
-                                 spec.num_frames, spec.size, spec.background_drift, spec.distractors,
-                                 spec.same_shape_distractors, tuple(spec.object_size), spec.same_color_distractors,
-                                 pool)
+            params, frames = sample_and_render(spec, i % len(MOTION_CLASSES), np.random.default_rng(split_seed + i), pool)
             rel = f"videos/{split}/{i:05d}.mp4"
-            write_mp4(out / rel, render_clip(params), spec.fps)
+            write_mp4(out / rel, frames, spec.fps, spec.crf)
             for suffix, label in (("", params.motion), ("_object", params.obj.shape),
                                   ("_color", params.obj.hue_class), ("_scene", params.scene)):
                 lines[suffix].append(f"{rel} {label}")
@@ -313,11 +270,11 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec | None = None, 
     _write_text(out / "classes.txt", list(MOTION_CLASSES))
     _write_text(out / "object_classes.txt", list(OBJECT_CLASSES))
     _write_text(out / "color_classes.txt", list(COLOR_CLASSES))
-    _write_text(out / "scene_classes.txt", list(SCENE_CLASSES))
+    _write_text(out / "scene_classes.txt", list(scenes))
     meta = {"spec": asdict(spec), "val_seed_offset": VAL_SEED_OFFSET, "codec": "h264", "pix_fmt": "yuv420p",
             "counts": summary["counts"], "motion_classes": list(MOTION_CLASSES),
             "object_classes": list(OBJECT_CLASSES), "color_classes": list(COLOR_CLASSES),
-            "scene_classes": list(SCENE_CLASSES), "lists": {k: Path(v).name for k, v in summary["lists"].items()},
+            "scene_classes": list(scenes), "lists": {k: Path(v).name for k, v in summary["lists"].items()},
             "labels": ("<path> <label>; motion class index in train/val.txt, shape index in *_object.txt, "
                        "main object's hue bin in *_color.txt, background pattern index in *_scene.txt")}
     _write_text(out / "meta.json", [json.dumps(meta, indent=2)])

@@ -1,0 +1,85 @@
+"""How much of the normalised-pixel target of `cmae synth` data is the scene, and how much the codec's noise.
+
+    python benchmarks/synth_targets.py                       # both styles, 64 clips each
+    python benchmarks/synth_targets.py --styles natural --crf 20 12 --clips 32
+
+VideoMAE's target is each tubelet patch normalised by its own mean and spread (`norm_pix=channel`: per
+channel; `patch`: over the whole patch). On a flat patch the spread is the codec's noise, and the normalised
+target is that noise blown up to unit variance: unpredictable, whatever the model learns. For every clip the
+script renders the frames (lossless), writes and decodes them as `cmae synth` does, and takes the demo's view
+(8 frames at rate 2, tubelets 2 x 8 x 8). Per patch, `noise / target` is the variance of decoded minus
+rendered pixels over the variance of the decoded ones: the share of the normalised target no model can predict
+from the scene. Its mean over patches is the **noise floor** of the normalised-pixel loss (a model that knew
+every rendered pixel would still score it); `flat` is the share of patches where it is above one half.
+`colour share, patch` is the share of a patch's variance that lies between its channels' means: under
+`norm_pix=patch` a prediction of the patch's colour alone, a constant of the clip's background, scores it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import av
+import numpy as np
+
+from cmae.data.synth import SynthSpec, sample_and_render, write_mp4
+
+PATCH, TUBELET, FRAMES, RATE = 8, 2, 8, 2
+
+
+def decode(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def tubelet_patches(frames: np.ndarray) -> np.ndarray:
+    """[T, H, W, 3] -> [patches, channels, values per channel] of the demo's view (float, in [0, 1])."""
+    x = frames[: FRAMES * RATE : RATE].astype(np.float64) / 255
+    t, h, w, c = x.shape
+    x = x.reshape(t // TUBELET, TUBELET, h // PATCH, PATCH, w // PATCH, PATCH, c)
+    return x.transpose(0, 2, 4, 6, 1, 3, 5).reshape(-1, c, TUBELET * PATCH * PATCH)
+
+
+def noise_shares(spec: SynthSpec, clips: int) -> dict[str, np.ndarray]:
+    """Per patch, the share of the target's variance that is codec noise, for norm_pix channel and patch."""
+    shares: dict[str, list[np.ndarray]] = {"channel": [], "patch": [], "offsets": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(clips):
+            _, frames = sample_and_render(spec, i % 8, np.random.default_rng(spec.seed + i), [])
+            path = Path(tmp) / f"{i}.mp4"
+            write_mp4(path, frames, spec.fps, spec.crf)
+            decoded, rendered = tubelet_patches(decode(path)), tubelet_patches(frames)
+            noise = decoded - rendered
+            for mode, axes in (("channel", (-1,)), ("patch", (-2, -1))):
+                var_target = decoded.var(axis=axes, ddof=1).reshape(len(decoded), -1)
+                var_noise = noise.var(axis=axes, ddof=1).reshape(len(decoded), -1)
+                shares[mode].append(np.minimum(1.0, var_noise / (var_target + 1e-12)).ravel())
+            # norm_pix=patch: the share of a patch's variance that is its channels' mean offsets (its colour)
+            between = decoded.mean(-1).var(-1)
+            shares["offsets"].append(between / (decoded.reshape(len(decoded), -1).var(-1) + 1e-12))
+    return {mode: np.concatenate(values) for mode, values in shares.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--styles", nargs="*", default=["shapes", "natural"])
+    parser.add_argument("--crf", nargs="*", type=int, default=[20])
+    parser.add_argument("--clips", type=int, default=64)
+    args = parser.parse_args(argv)
+    print("| style | crf | noise floor, norm_pix channel | flat patches, channel | noise floor, patch | flat, patch "
+          "| colour share, patch |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for style in args.styles:
+        for crf in args.crf:
+            # the demo's spec (distractors in the object's shape and colours), in each style
+            spec = SynthSpec(style=style, crf=crf, same_shape_distractors=True, same_color_distractors=True)
+            shares = noise_shares(spec, args.clips)
+            ch, pa = shares["channel"], shares["patch"]
+            print(f"| {style} | {crf} | {ch.mean():.3f} | {(ch > 0.5).mean():.1%} | {pa.mean():.3f} | "
+                  f"{(pa > 0.5).mean():.1%} | {shares['offsets'].mean():.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
