@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from cmae.config import load_config
 from cmae.data.synth import STYLES, write_synthetic_dataset
 from cmae.demo import DEMO_SPEC, PRESETS, PROBE, TASKS, save_random_init
+from cmae.engine.runtime import read_metrics
 
 SELECTION = 0.2  # the last fifth of the training clips: the probe's selection split (320 of 1,600)
 
@@ -36,7 +36,7 @@ def selection_lists(data: Path) -> tuple[Path, Path]:
 
 
 def loss_curve(run: Path) -> tuple[float, float]:
-    rows = [row for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in (row := json.loads(line))]
+    rows = [row for row in read_metrics(run / "metrics.jsonl") if "loss" in row]
     return rows[0]["loss"], min(row["loss"] for row in rows[-10:])
 
 

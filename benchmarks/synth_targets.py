@@ -21,17 +21,18 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import av
 import numpy as np
 
+from cmae.data.decoding import open_video
 from cmae.data.synth import SynthSpec, sample_and_render, write_mp4
 
 PATCH, TUBELET, FRAMES, RATE = 8, 2, 8, 2
 
 
 def decode(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    """Every frame [T, H, W, 3] uint8, through cmae's own reader (as training decodes)."""
+    with open_video(path) as reader:
+        return reader.get_frames(range(reader.num_frames)).permute(0, 2, 3, 1).numpy()
 
 
 def tubelet_patches(frames: np.ndarray) -> np.ndarray:

@@ -91,10 +91,25 @@ def random_colors(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int,
     return tuple(round(255 * c) for c in body), tuple(round(255 * c) for c in mark), hue_class
 
 
-def draw_sprite(draw: ImageDraw.ImageDraw, s: Sprite, t: int) -> None:
-    c, a, r = s.center[t] * SUPERSAMPLE, s.angle[t], s.radius[t] * SUPERSAMPLE
-    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    pts = SHAPE_OUTLINES[OBJECT_CLASSES[s.shape]] @ rot.T * r + c
-    draw.polygon([tuple(p) for p in pts], fill=s.color)
-    m, mr = rot @ MARK_POS * r + c, MARK_RADIUS * r
+def sprite_pose(s: Sprite, t: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Sprite `s` at frame t in supersampled pixels: centre [2], rotation [2, 2] (unit frame -> image), radius."""
+    a = s.angle[t]
+    return s.center[t] * SUPERSAMPLE, np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]), \
+        s.radius[t] * SUPERSAMPLE
+
+
+def sprite_outline(s: Sprite, centre: np.ndarray, rot: np.ndarray, radius: float) -> list[tuple[float, float]]:
+    """The polygon of `s`'s shape at that pose."""
+    return [tuple(p) for p in SHAPE_OUTLINES[OBJECT_CLASSES[s.shape]] @ rot.T * radius + centre]
+
+
+def draw_marking(draw: ImageDraw.ImageDraw, s: Sprite, centre: np.ndarray, rot: np.ndarray, radius: float) -> None:
+    """`s`'s off-centre dot at that pose (it makes rotation visible)."""
+    m, mr = rot @ MARK_POS * radius + centre, MARK_RADIUS * radius
     draw.ellipse([m[0] - mr, m[1] - mr, m[0] + mr, m[1] + mr], fill=s.mark_color)
+
+
+def draw_sprite(draw: ImageDraw.ImageDraw, s: Sprite, t: int) -> None:
+    pose = sprite_pose(s, t)
+    draw.polygon(sprite_outline(s, *pose), fill=s.color)
+    draw_marking(draw, s, *pose)

@@ -32,14 +32,15 @@ from PIL import Image, ImageDraw
 
 from cmae.data.shapes import (
     COLOR_CLASSES,
-    MARK_POS,
-    MARK_RADIUS,
     MOTION_CLASSES,
     OBJECT_CLASSES,
     SHAPE_OUTLINES,
     SUPERSAMPLE,
     ClipParams,
     Sprite,
+    draw_marking,
+    sprite_outline,
+    sprite_pose,
 )
 
 # The background's leaf shapes: the scene label of the natural style.
@@ -161,10 +162,9 @@ def _tinted_like(obj: TexturedSprite, rng: np.random.Generator) -> np.ndarray:
 def _paste_sprite(image: Image.Image, s: TexturedSprite, t: int) -> None:
     """Draw `s` at frame t: its texture mapped through its pose, cut by its outline, then its marking."""
     big = image.size[0]
-    c, a, r = s.center[t] * SUPERSAMPLE, s.angle[t], s.radius[t] * SUPERSAMPLE
-    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    c, rot, r = sprite_pose(s, t)
     mask = Image.new("L", image.size)
-    ImageDraw.Draw(mask).polygon([tuple(p) for p in SHAPE_OUTLINES[OBJECT_CLASSES[s.shape]] @ rot.T * r + c], fill=255)
+    ImageDraw.Draw(mask).polygon(sprite_outline(s, c, rot, r), fill=255)
     # output pixel p -> unit frame q = rot^T (p - c) / r -> texture pixel q * K / (2 extent) + K / 2
     k = s.texture.shape[0]
     inverse = rot.T * (k / (2 * _TEXTURE_EXTENT * r))
@@ -173,8 +173,7 @@ def _paste_sprite(image: Image.Image, s: TexturedSprite, t: int) -> None:
         (big, big), Image.AFFINE, (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1]),
         resample=Image.BILINEAR)
     image.paste(layer, (0, 0), mask)
-    m, mr = rot @ MARK_POS * r + c, MARK_RADIUS * r
-    ImageDraw.Draw(image).ellipse([m[0] - mr, m[1] - mr, m[0] + mr, m[1] + mr], fill=s.mark_color)
+    draw_marking(ImageDraw.Draw(image), s, c, rot, r)
 
 
 def render_natural_clip(params: ClipParams) -> np.ndarray:
