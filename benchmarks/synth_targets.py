@@ -1,6 +1,6 @@
 """How much of the normalised-pixel target of `cmae synth` data is the scene, and how much the codec's noise.
 
-    python benchmarks/synth_targets.py                       # both styles, 64 clips each
+    python benchmarks/synth_targets.py                       # every style, 64 clips each
     python benchmarks/synth_targets.py --styles natural --crf 20 12 --clips 32
 
 VideoMAE's target is each tubelet patch normalised by its own mean and spread (`norm_pix=channel`: per
@@ -13,6 +13,9 @@ from the scene. Its mean over patches is the **noise floor** of the normalised-p
 every rendered pixel would still score it); `flat` is the share of patches where it is above one half.
 `colour share, patch` is the share of a patch's variance that lies between its channels' means: under
 `norm_pix=patch` a prediction of the patch's colour alone, a constant of the clip's background, scores it.
+`neighbour r` is the mean correlation of a patch's `norm_pix=channel` target with its right or lower
+neighbour's at the same time step (what a 90 % tube mask leaves to copy from: the same position at other times
+is hidden too), `next step r` with its own at the next token time step (what a random mask leaves).
 """
 
 from __future__ import annotations
@@ -43,9 +46,20 @@ def tubelet_patches(frames: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 4, 6, 1, 3, 5).reshape(-1, c, TUBELET * PATCH * PATCH)
 
 
+def _normalised_grid(patches: np.ndarray, side: int) -> np.ndarray:
+    """[patches, channels, values] -> [time, side, side, channels * values]: `norm_pix=channel` targets."""
+    x = (patches - patches.mean(-1, keepdims=True)) / (patches.std(-1, ddof=1, keepdims=True) + 1e-6)
+    return x.reshape(-1, side, side, x.shape[1] * x.shape[2])
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Correlation of matching target vectors of `a` and `b` (both zero-mean per channel), flattened."""
+    return ((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)).ravel()
+
+
 def noise_shares(spec: SynthSpec, clips: int) -> dict[str, np.ndarray]:
     """Per patch, the share of the target's variance that is codec noise, for norm_pix channel and patch."""
-    shares: dict[str, list[np.ndarray]] = {"channel": [], "patch": [], "offsets": []}
+    shares: dict[str, list[np.ndarray]] = {"channel": [], "patch": [], "offsets": [], "neighbour": [], "next": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(clips):
             _, frames = sample_and_render(spec, i % 8, np.random.default_rng(spec.seed + i), [])
@@ -60,18 +74,22 @@ def noise_shares(spec: SynthSpec, clips: int) -> dict[str, np.ndarray]:
             # norm_pix=patch: the share of a patch's variance that is its channels' mean offsets (its colour)
             between = decoded.mean(-1).var(-1)
             shares["offsets"].append(between / (decoded.reshape(len(decoded), -1).var(-1) + 1e-12))
+            grid = _normalised_grid(decoded, spec.size // PATCH)
+            shares["neighbour"] += [_correlation(grid[:, :, :-1], grid[:, :, 1:]),
+                                    _correlation(grid[:, :-1], grid[:, 1:])]
+            shares["next"].append(_correlation(grid[:-1], grid[1:]))
     return {mode: np.concatenate(values) for mode, values in shares.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--styles", nargs="*", default=["shapes", "natural"])
+    parser.add_argument("--styles", nargs="*", default=["shapes", "natural", "camera"])
     parser.add_argument("--crf", nargs="*", type=int, default=[20])
     parser.add_argument("--clips", type=int, default=64)
     args = parser.parse_args(argv)
     print("| style | crf | noise floor, norm_pix channel | flat patches, channel | noise floor, patch | flat, patch "
-          "| colour share, patch |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| colour share, patch | neighbour r | next step r |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for style in args.styles:
         for crf in args.crf:
             # the demo's spec (distractors in the object's shape and colours), in each style
@@ -79,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
             shares = noise_shares(spec, args.clips)
             ch, pa = shares["channel"], shares["patch"]
             print(f"| {style} | {crf} | {ch.mean():.3f} | {(ch > 0.5).mean():.1%} | {pa.mean():.3f} | "
-                  f"{(pa > 0.5).mean():.1%} | {shares['offsets'].mean():.3f} |", flush=True)
+                  f"{(pa > 0.5).mean():.1%} | {shares['offsets'].mean():.3f} | {shares['neighbour'].mean():.3f} | "
+                  f"{shares['next'].mean():.3f} |", flush=True)
 
 
 if __name__ == "__main__":

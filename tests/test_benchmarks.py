@@ -89,10 +89,12 @@ def test_synth_targets_measures_the_codec_noise_of_each_style(capsys):
     synth_targets(["--clips", "4"])
     rows = {row[0].strip(): [float(v.strip().rstrip("%")) for v in row[2:]] for row in
             (line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:])}
-    assert set(rows) == {"shapes", "natural"}
+    assert set(rows) == {"shapes", "natural", "camera"}
     # flat dark backgrounds: the per-channel target is largely codec noise; dead leaves: mostly the scene
     assert rows["shapes"][0] > 0.3 > 0.15 > rows["natural"][0]
     assert rows["shapes"][4] > 0.5 > rows["natural"][4]  # the patch target's share that is the patch's colour
+    # large shaded leaves: a patch's target resembles its neighbour's; flat shapes' and fine textures' do not
+    assert rows["camera"][5] > 0.15 and rows["camera"][5] > max(rows["shapes"][5], rows["natural"][5]) + 0.05
 
 
 def test_probe_grid_benchmark_prints_its_table(synth_dir, tmp_path, capsys):

@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, default=64, help="frame height and width in pixels")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--style", choices=STYLES, default=SynthSpec.style,
-                       help="natural: textured, accelerating objects over dead leaves (docs/data.md); "
+                       help="camera: the whole scene pans, rolls or zooms (the label) over large shaded leaves; "
+                            "natural: textured, accelerating objects over dead leaves (docs/data.md); "
                             "shapes: flat shapes over a dark texture (the demo's data)")
     synth.add_argument("--crf", type=int, default=SynthSpec.crf, help="x264 quality (lower: less codec noise)")
     synth.add_argument("--background-drift", type=float, default=0.3,

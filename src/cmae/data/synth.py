@@ -12,7 +12,8 @@ shape and colours, which makes the first two ambiguous on a frame, unless
 `same_shape_distractors` / `same_color_distractors` give them the main object's.
 
 That is the flat `style="shapes"` drawn here (the default, and the demo's data); `style="natural"`
-(`cmae.data.synth_natural`) draws the same classes with textured objects over dead leaves.
+(`cmae.data.synth_natural`) draws the same classes with textured objects over dead leaves, and
+`style="camera"` (`cmae.data.synth_camera`) as the whole scene's motion over large shaded leaves.
 
 Clip ``i`` of a split is rendered from ``np.random.default_rng(split_seed + i)``, so
 it does not depend on how many clips are generated. Train and val use disjoint
@@ -40,12 +41,13 @@ from cmae.data.shapes import (
     draw_sprite,
     random_colors,
 )
+from cmae.data.synth_camera import render_camera_clip, sample_camera_clip
 from cmae.data.synth_natural import NATURAL_SCENE_CLASSES, render_natural_clip, sample_natural_clip
 
 __all__ = ["COLOR_CLASSES", "MOTION_CLASSES", "OBJECT_CLASSES", "SCENE_CLASSES", "STYLES", "VAL_SEED_OFFSET",
            "ClipParams", "Sprite", "SynthSpec", "background_textures", "render_clip", "sample_clip", "scene_classes",
            "write_mp4", "write_synthetic_dataset"]
-STYLES = ("natural", "shapes")
+STYLES = ("camera", "natural", "shapes")
 
 
 @dataclass
@@ -68,14 +70,15 @@ class SynthSpec:
     # no longer identifies a clip; 0: each clip draws its own. Every other draw of a clip stays the same.
     background_pool: int = 0
     # natural: textured objects over dead leaves under 1/f noise, accelerating (cmae.data.synth_natural);
-    # shapes: flat bright shapes over a dark low-contrast texture (this module; the demo's data)
+    # shapes: flat bright shapes over a dark low-contrast texture (this module; the demo's data);
+    # camera: the class is the scene's pan, roll or zoom (cmae.data.synth_camera; the same_* options do not apply)
     style: str = "shapes"
     crf: int = 20  # x264's constant rate factor: lower keeps more detail (and codec noise less of a target)
 
 
 def scene_classes(style: str) -> tuple[str, ...]:
     """The names of the `*_scene.txt` labels: the background's pattern (shapes) or leaf shape (natural)."""
-    return NATURAL_SCENE_CLASSES if style == "natural" else SCENE_CLASSES
+    return SCENE_CLASSES if style == "shapes" else NATURAL_SCENE_CLASSES
 
 
 def sample_and_render(spec: SynthSpec, motion: int, rng: np.random.Generator,
@@ -83,6 +86,9 @@ def sample_and_render(spec: SynthSpec, motion: int, rng: np.random.Generator,
     """One clip of `spec`'s style: its parameters and its frames [T, size, size, 3] uint8."""
     args = (motion, rng, spec.num_frames, spec.size, spec.background_drift, spec.distractors,
             spec.same_shape_distractors, tuple(spec.object_size), spec.same_color_distractors)
+    if spec.style == "camera":
+        params = sample_camera_clip(motion, rng, spec.num_frames, spec.size, spec.distractors, tuple(spec.object_size))
+        return params, render_camera_clip(params)
     if spec.style == "natural":
         params = sample_natural_clip(*args)
         return params, render_natural_clip(params)
@@ -235,7 +241,7 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec | None = None, 
         raise ValueError(f"need an even size >= 16 and num_frames >= 4, got {spec}")
     if spec.style not in STYLES:
         raise ValueError(f"unknown synthetic style {spec.style!r}; choose one of {', '.join(STYLES)}")
-    if spec.style == "natural" and spec.background_pool:
+    if spec.style != "shapes" and spec.background_pool:
         raise ValueError("background_pool is an option of the shapes style only")
     scenes = scene_classes(spec.style)
     out = Path(out_dir)

@@ -159,7 +159,7 @@ def _tinted_like(obj: TexturedSprite, rng: np.random.Generator) -> np.ndarray:
     return np.clip(value * np.asarray(obj.color, np.float32), 0, 255).round().astype(np.uint8)
 
 
-def _paste_sprite(image: Image.Image, s: TexturedSprite, t: int) -> None:
+def paste_sprite(image: Image.Image, s: TexturedSprite, t: int) -> None:
     """Draw `s` at frame t: its texture mapped through its pose, cut by its outline, then its marking."""
     big = image.size[0]
     c, rot, r = sprite_pose(s, t)
@@ -184,6 +184,6 @@ def render_natural_clip(params: ClipParams) -> np.ndarray:
         x0, y0 = np.round(params.bg_offset[t] * SUPERSAMPLE).astype(int)
         image = Image.fromarray(params.texture[y0:y0 + big, x0:x0 + big])
         for sprite in [*params.distractors, params.obj]:  # main object last: never occluded
-            _paste_sprite(image, sprite, t)
+            paste_sprite(image, sprite, t)
         frames[t] = np.asarray(image.resize((n, n), Image.BOX))
     return frames
