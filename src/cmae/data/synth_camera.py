@@ -21,10 +21,16 @@ import colorsys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cmae.data.shapes import COLOR_CLASSES, MOTION_CLASSES, OBJECT_CLASSES, SHAPE_OUTLINES, SUPERSAMPLE, ClipParams
-from cmae.data.synth_natural import NATURAL_SCENE_CLASSES, TexturedSprite, paste_sprite, profile
+from cmae.data.shapes import COLOR_CLASSES, MOTION_CLASSES, OBJECT_CLASSES, SUPERSAMPLE, ClipParams
+from cmae.data.synth_natural import (
+    LEAF_OUTLINES,
+    NATURAL_SCENE_CLASSES,
+    TexturedSprite,
+    drift_path,
+    paste_sprite,
+    profile,
+)
 
-_LEAF_OUTLINES = (SHAPE_OUTLINES["circle"], SHAPE_OUTLINES["square"], SHAPE_OUTLINES["triangle"])
 _CANVAS = 3.0  # the world canvas' side in frames: room for the widest pan, zoom-out and roll
 _RAMP_SIDE = 64
 # Leaf radii as fractions of a frame's side. Measured (docs/results.md): with (0.1, 0.67) a patch's normalised
@@ -64,7 +70,7 @@ def smooth_leaves(rng: np.random.Generator, side: int, frame: int, leaf: int,
             continue
         rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
         mask = Image.new("L", (x1 - x0, y1 - y0))
-        ImageDraw.Draw(mask).polygon([tuple(p) for p in _LEAF_OUTLINES[leaf] @ rot.T * r + (cx - x0, cy - y0)],
+        ImageDraw.Draw(mask).polygon([tuple(p) for p in LEAF_OUTLINES[leaf] @ rot.T * r + (cx - x0, cy - y0)],
                                      fill=255)
         inside = np.asarray(mask) > 0
         yy, xx = np.nonzero(inside)
@@ -98,9 +104,7 @@ def sample_camera_clip(motion: int, rng: np.random.Generator, num_frames: int = 
     name, accel = MOTION_CLASSES[motion], rng.uniform(-0.8, 0.8)
     side = int(_CANVAS * size)
     centre = side / 2 + rng.uniform(-0.05, 0.05, 2) * L
-    direction = rng.uniform(0, 2 * np.pi)
-    drift = rng.uniform(0, 0.06 * L) * profile(tc, rng.uniform(-0.9, 0.9))[:, None] * np.array(
-        [np.cos(direction), np.sin(direction)])
+    drift = drift_path(rng, 0.06 * L, tc)
     pan = drift  # [T, 2] the content's travel on screen, pixels
     camera = np.zeros((T, 4))
     camera[:, 2], camera[:, 3] = 1.0, rng.uniform(0, 2 * np.pi)

@@ -45,7 +45,7 @@ from cmae.data.shapes import (
 
 # The background's leaf shapes: the scene label of the natural style.
 NATURAL_SCENE_CLASSES: tuple[str, ...] = ("discs", "squares", "triangles")
-_LEAF_OUTLINES = (SHAPE_OUTLINES["circle"], SHAPE_OUTLINES["square"], SHAPE_OUTLINES["triangle"])
+LEAF_OUTLINES = (SHAPE_OUTLINES["circle"], SHAPE_OUTLINES["square"], SHAPE_OUTLINES["triangle"])
 _TEXTURE_SIDE = 96  # a sprite's texture, pixels, covering [-TEXTURE_EXTENT, TEXTURE_EXTENT]^2 of its unit frame
 _TEXTURE_EXTENT = 1.2
 
@@ -76,7 +76,7 @@ def dead_leaves(rng: np.random.Generator, side: int, leaf: int) -> np.ndarray:
     hsv = np.stack([rng.random(count + 1), rng.uniform(0, 0.35, count + 1), rng.uniform(0.08, 0.92, count + 1)], -1)
     colors = np.asarray(Image.fromarray((255 * hsv).round().astype(np.uint8)[None], "HSV").convert("RGB"))[0]
     rot = np.stack([np.stack([np.cos(angles), -np.sin(angles)], -1), np.stack([np.sin(angles), np.cos(angles)], -1)], -2)
-    outlines = np.einsum("pk,njk->npj", _LEAF_OUTLINES[leaf], rot) * radii[:, None, None] + centres[:, None]
+    outlines = np.einsum("pk,njk->npj", LEAF_OUTLINES[leaf], rot) * radii[:, None, None] + centres[:, None]
     image = Image.new("RGB", (side, side), tuple(colors[-1].tolist()))
     draw = ImageDraw.Draw(image)
     for outline, color in zip(outlines.reshape(count, -1).tolist(), colors[:-1].tolist(), strict=True):
@@ -103,7 +103,7 @@ def profile(tc: np.ndarray, acceleration: float) -> np.ndarray:
     return tc + acceleration * (tc ** 2 - 1 / 12)
 
 
-def _drift(rng: np.random.Generator, reach: float, tc: np.ndarray) -> np.ndarray:
+def drift_path(rng: np.random.Generator, reach: float, tc: np.ndarray) -> np.ndarray:
     """[T, 2] an accelerating path of random direction that travels at most about `reach` pixels."""
     direction = rng.uniform(0, 2 * np.pi)
     path = rng.uniform(0, reach) * profile(tc, rng.uniform(-0.9, 0.9))
@@ -119,14 +119,14 @@ def sample_natural_clip(motion: int, rng: np.random.Generator, num_frames: int =
     tc = np.arange(T) / (T - 1) - 0.5
     name = MOTION_CLASSES[motion]
 
-    camera = _drift(rng, background_drift * L, tc)  # the camera pans, accelerating, whatever the class
+    camera = drift_path(rng, background_drift * L, tc)  # the camera pans, accelerating, whatever the class
     margin = int(np.ceil(np.abs(camera).max())) + 1
     scene = int(rng.integers(len(NATURAL_SCENE_CLASSES)))
     background = dead_leaves(rng, (size + 2 * margin) * SUPERSAMPLE, scene)
 
     r_mid, accel = rng.uniform(*object_size) * L, rng.uniform(-0.8, 0.8)
     radius, angle = np.full(T, r_mid), np.full(T, rng.uniform(0, 2 * np.pi))
-    center = rng.uniform(0.3, 0.7, 2) * L + _drift(rng, 0.08 * L, tc)  # a small drift no class owns
+    center = rng.uniform(0.3, 0.7, 2) * L + drift_path(rng, 0.08 * L, tc)  # a small drift no class owns
     if name.startswith("move"):
         travel = rng.uniform(0.25, 0.45) * L
         axis, sign = {"move_left": (0, -1), "move_right": (0, 1), "move_up": (1, -1), "move_down": (1, 1)}[name]
@@ -141,7 +141,7 @@ def sample_natural_clip(motion: int, rng: np.random.Generator, num_frames: int =
 
     sprites = []
     for _ in range(int(rng.integers(1, distractors + 1)) if distractors > 0 else 0):
-        path = rng.uniform(0.1, 0.9, 2) * L + _drift(rng, 0.5 * L, tc)
+        path = rng.uniform(0.1, 0.9, 2) * L + drift_path(rng, 0.5 * L, tc)
         r = rng.uniform(0.035, 0.06) * L * rng.uniform(0.8, 1.25) ** (2 * tc)
         ang = rng.uniform(0, 2 * np.pi) + rng.uniform(-1.2, 1.2) * np.pi * profile(tc, rng.uniform(-0.8, 0.8))
         d_texture, d_body, d_hue, d_mark = object_colors(rng)
