@@ -97,6 +97,17 @@ def test_synth_targets_measures_the_codec_noise_of_each_style(capsys):
     assert rows["camera"][5] > 0.15 and rows["camera"][5] > max(rows["shapes"][5], rows["natural"][5]) + 0.05
 
 
+def test_reconstruction_plateau_ramps_are_copyable_and_both_models_train():
+    from reconstruction_plateau import baselines, main, ramp_clips
+
+    zero, copy = baselines(ramp_clips(64), mask_ratio=0.9)
+    assert zero > 0.85 and copy < 0.2  # every tubelet's target is the clip's one ramp: copying the visible wins
+    rows = main(["--models", "cmae", "hf", "--lrs", "1e-3", "--steps", "2", "4", "--clips", "32"])
+    assert [row["model"] for row in rows] == ["cmae", "hf"]
+    for row in rows:  # a random encoder still carries its input patch, linearly
+        assert 0.2 < row["content R2 init"] < 1 and 0.5 < row["loss @4"] < 2
+
+
 def test_probe_grid_benchmark_prints_its_table(synth_dir, tmp_path, capsys):
     import probe_grid
 
