@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from cmae.config import load_config
+from cmae.masking import make_mask
 from cmae.methods import build_method, resolve_method
-from cmae.models.patchify import gather_tokens, normalized_targets
+from cmae.models.patchify import gather_tokens, normalized_targets, token_grid
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 WINDOW = 25  # steps averaged into each loss column
 
 
@@ -44,15 +44,14 @@ def ramp_clips(count: int, seed: int = 0, frames: int = 8, size: int = 64) -> to
         image = (low + (high - low) * along[..., None]).astype(np.uint8)  # [H, W, 3]
         clips.append(np.repeat(image[None], frames, 0))
     x = torch.from_numpy(np.stack(clips)).float().div(255).permute(0, 4, 1, 2, 3)  # [B, 3, T, H, W]
-    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None, None]
+    data = load_config("demo/videomae").data
+    return (x - torch.tensor(data.mean)[:, None, None, None]) / torch.tensor(data.std)[:, None, None, None]
 
 
 def baselines(clips: torch.Tensor, mask_ratio: float, patch: int = 8, tubelet: int = 2) -> tuple[float, float]:
     """(predict zero, copy the mean visible target) masked-token losses under the demo's tube masks."""
-    from cmae.masking import make_mask
     targets = normalized_targets(clips, patch, tubelet, "channel")  # [B, N, P]
-    grid = (clips.shape[2] // tubelet, clips.shape[3] // patch, clips.shape[4] // patch)
-    mask = make_mask("tube", len(clips), grid, mask_ratio, clips.device)
+    mask = make_mask("tube", len(clips), token_grid(clips.shape, patch, tubelet), mask_ratio, clips.device)
     copied = gather_tokens(targets, mask.visible).mean(1, keepdim=True)
     hidden = mask.masked
     return targets[hidden].square().mean().item(), (targets - copied)[hidden].square().mean().item()
