@@ -2,6 +2,7 @@
 
     python benchmarks/reconstruction_plateau.py                              # cmae and HF, ramp clips, ~12 min
     python benchmarks/reconstruction_plateau.py --models cmae --lrs 1.9e-4 2e-3 --steps 300 600 1200
+    python benchmarks/reconstruction_plateau.py --models cmae --lrs 1e-3 --steps 300 --trace   # the mechanism
 
 The clips are drawn in memory, with no codec: each is one static linear colour ramp across the frame, at a
 random angle between two random colours. Every tubelet's normalised target (`norm_pix=channel`) is then the
@@ -12,7 +13,9 @@ same size, as in benchmarks/reference_check.py), trained with AdamW (betas 0.9/0
 linear warmup over the first tenth of the steps and a constant rate after it. Each loss column is the mean
 training loss over the 25 steps before it. `content R2` is the linear decodability (least squares, fitted on
 half the clips, scored on the other half) of the visible tokens' own targets from the encoder's outputs: how
-much of its input patch the encoder still carries, at initialisation and at the end.
+much of its input patch the encoder still carries, at initialisation and at the end. `--trace` (cmae only)
+prints, every 25 steps, the loss, the gradient norms of the encoder and of the pixel head, and the share of
+the decoder blocks' attention that masked tokens pay to visible ones (uniform attention: 0.1).
 """
 
 from __future__ import annotations
@@ -89,8 +92,37 @@ def encoder_of(method):
     return method
 
 
+def attention_on_visible(method, clips: torch.Tensor) -> list[float]:
+    """Per decoder block, the mean share of a masked token's attention that goes to the visible tokens."""
+    inputs: list[torch.Tensor] = []
+    hooks = [block.attn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+             for block in method.decoder.decoder_blocks]
+    with torch.no_grad():
+        mask = method.make_mask(clips)
+        method.reconstruct(clips, mask)
+        shares = []
+        for block, x in zip(method.decoder.decoder_blocks, inputs, strict=True):
+            heads = block.attn.num_heads
+            q, k, _ = block.attn.qkv(x).reshape(*x.shape[:2], 3, heads, -1).permute(2, 0, 3, 1, 4)
+            weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1)  # [B, heads, N, N]
+            on_visible = (weights * (~mask.masked)[:, None, None].float()).sum(-1)  # [B, heads, N]
+            shares.append(on_visible.mean(1)[mask.masked].mean().item())
+    for hook in hooks:
+        hook.remove()
+    return shares
+
+
+def trace_line(step: int, losses: list[float], method, probe_clips: torch.Tensor) -> str:
+    def norm(prefix: str) -> float:
+        return sum(p.grad.square().sum().item() for n, p in method.named_parameters()
+                   if n.startswith(prefix) and p.grad is not None) ** 0.5
+    shares = " ".join(f"{share:.2f}" for share in attention_on_visible(method, probe_clips))
+    return (f"step {step:5d}  loss {np.mean(losses[-WINDOW:]):.3f}  grad encoder {norm('encoder.'):.4f}  "
+            f"grad head {norm('decoder.decoder_pred'):.4f}  attention on visible {shares}")
+
+
 def run(model: str, clips: torch.Tensor, probe_clips: torch.Tensor, lr: float, steps: list[int],
-        seed: int) -> dict[str, float]:
+        seed: int, trace: bool = False) -> dict[str, float]:
     torch.manual_seed(seed)
     method = build(model, [])
     method.train()
@@ -106,6 +138,8 @@ def run(model: str, clips: torch.Tensor, probe_clips: torch.Tensor, lr: float, s
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        if trace and step % WINDOW == 0:
+            print(trace_line(step, losses, method, probe_clips), flush=True)
         if step in steps:
             row[f"loss @{step}"] = float(np.mean(losses[-WINDOW:]))
     row["content R2 end"] = content_r2(encoder_of(method), probe_clips)
@@ -119,6 +153,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", nargs="+", type=int, default=[100, 300, 600, 1000])
     parser.add_argument("--clips", type=int, default=1600)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trace", action="store_true", help="cmae only: the mechanism every 25 steps")
     args = parser.parse_args(argv)
     steps = sorted(args.steps)
     clips, probe_clips = ramp_clips(args.clips, args.seed), ramp_clips(128, args.seed + 1)
@@ -128,7 +163,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for model in args.models:
         for lr in args.lrs:
             start = time.time()
-            rows.append({"model": model, "lr": lr, **run(model, clips, probe_clips, lr, steps, args.seed),
+            rows.append({"model": model, "lr": lr, **run(model, clips, probe_clips, lr, steps, args.seed,
+                                                                args.trace and model == "cmae"),
                          "s": time.time() - start})
     columns = [key for key in rows[0] if key not in ("model", "lr")]
     print("| model | lr | " + " | ".join(columns) + " |")

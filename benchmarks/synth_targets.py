@@ -16,6 +16,11 @@ every rendered pixel would still score it); `flat` is the share of patches where
 `neighbour r` is the mean correlation of a patch's `norm_pix=channel` target with its right or lower
 neighbour's at the same time step (what a 90 % tube mask leaves to copy from: the same position at other times
 is hidden too), `next step r` with its own at the next token time step (what a random mask leaves).
+The `copy` columns bound what the simplest reconstructions score under the demo's 90 % tube mask: every
+masked target predicted by the mean of the visible targets at its time step (`copy mean`) or by its nearest
+visible neighbour's (`copy nearest`), each times the one scale that is best over all clips, against
+`zero` (predicting nothing). Where both stay near `zero`, the data offers no easy reconstruction to learn
+first (benchmarks/reconstruction_plateau.py: even an easy one takes the demo's model a few hundred steps).
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cmae.data.decoding import open_video
 from cmae.data.synth import SynthSpec, sample_and_render, write_mp4
+from cmae.masking import make_mask
 
-PATCH, TUBELET, FRAMES, RATE = 8, 2, 8, 2
+PATCH, TUBELET, FRAMES, RATE, MASK_RATIO = 8, 2, 8, 2, 0.9
 
 
 def decode(path: Path) -> np.ndarray:
@@ -57,9 +64,40 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)).ravel()
 
 
+class CopyBounds:
+    """Sums over masked targets y and copies m of `y.m`, `m.m` and `y.y`: the loss of the best scale a*m."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)  # the tube masks
+        self.sums = {name: np.zeros(3) for name in ("mean", "nearest")}
+        self.count = 0
+
+    def add(self, grid: np.ndarray) -> None:
+        """`grid` [time, side, side, values]: one clip's targets, under a fresh tube mask."""
+        t, side = grid.shape[:2]
+        masked = make_mask("tube", 1, (t, side, side), MASK_RATIO, "cpu", self.generator).masked[0, : side * side]
+        places = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), -1).reshape(-1, 2)
+        hidden, shown = places[masked.numpy()], places[~masked.numpy()]
+        nearest = shown[np.square(hidden[:, None] - shown[None]).sum(-1).argmin(1)]  # [hidden, 2]
+        y = grid[:, hidden[:, 0], hidden[:, 1]]  # [time, hidden, values]
+        copies = {"mean": grid[:, shown[:, 0], shown[:, 1]].mean(1, keepdims=True).repeat(len(hidden), 1),
+                  "nearest": grid[:, nearest[:, 0], nearest[:, 1]]}
+        for name, m in copies.items():
+            self.sums[name] += [(y * m).sum(), (m * m).sum(), (y * y).sum()]
+        self.count += y.size
+
+    def losses(self) -> dict[str, float]:
+        """Mean squared error per target value: zero, and each copy at its best scale."""
+        out = {"zero": self.sums["mean"][2] / self.count}
+        for name, (ym, mm, yy) in self.sums.items():
+            out[name] = (yy - ym**2 / mm) / self.count
+        return out
+
+
 def noise_shares(spec: SynthSpec, clips: int) -> dict[str, np.ndarray]:
     """Per patch, the share of the target's variance that is codec noise, for norm_pix channel and patch."""
     shares: dict[str, list[np.ndarray]] = {"channel": [], "patch": [], "offsets": [], "neighbour": [], "next": []}
+    bounds = CopyBounds(spec.seed)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(clips):
             _, frames = sample_and_render(spec, i % 8, np.random.default_rng(spec.seed + i), [])
@@ -78,7 +116,8 @@ def noise_shares(spec: SynthSpec, clips: int) -> dict[str, np.ndarray]:
             shares["neighbour"] += [_correlation(grid[:, :, :-1], grid[:, :, 1:]),
                                     _correlation(grid[:, :-1], grid[:, 1:])]
             shares["next"].append(_correlation(grid[:-1], grid[1:]))
-    return {mode: np.concatenate(values) for mode, values in shares.items()}
+            bounds.add(grid)
+    return {mode: np.concatenate(values) for mode, values in shares.items()} | {"copy": bounds.losses()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clips", type=int, default=64)
     args = parser.parse_args(argv)
     print("| style | crf | noise floor, norm_pix channel | flat patches, channel | noise floor, patch | flat, patch "
-          "| colour share, patch | neighbour r | next step r |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| colour share, patch | neighbour r | next step r | zero | copy mean | copy nearest |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for style in args.styles:
         for crf in args.crf:
             # the demo's spec (distractors in the object's shape and colours), in each style
@@ -98,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
             ch, pa = shares["channel"], shares["patch"]
             print(f"| {style} | {crf} | {ch.mean():.3f} | {(ch > 0.5).mean():.1%} | {pa.mean():.3f} | "
                   f"{(pa > 0.5).mean():.1%} | {shares['offsets'].mean():.3f} | {shares['neighbour'].mean():.3f} | "
-                  f"{shares['next'].mean():.3f} |", flush=True)
+                  f"{shares['next'].mean():.3f} | " + " | ".join(f"{v:.3f}" for v in shares["copy"].values()) + " |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,23 @@ def test_synth_targets_measures_the_codec_noise_of_each_style(capsys):
     assert rows["shapes"][4] > 0.5 > rows["natural"][4]  # the patch target's share that is the patch's colour
     # large shaded leaves: a patch's target resembles its neighbour's; flat shapes' and fine textures' do not
     assert rows["camera"][5] > 0.15 and rows["camera"][5] > max(rows["shapes"][5], rows["natural"][5]) + 0.05
+    for row in rows.values():  # a best-scaled copy never scores worse than predicting zero
+        assert 0.5 < row[7] and row[8] <= row[7] + 1e-6 and row[9] <= row[7] + 1e-6
+
+
+def test_copy_bounds_score_a_shared_pattern_as_copyable_and_noise_as_not():
+    import numpy as np
+    from synth_targets import CopyBounds
+
+    rng = np.random.default_rng(0)
+    shared, noise = CopyBounds(seed=0), CopyBounds(seed=0)
+    for _ in range(8):
+        pattern = rng.standard_normal(12)
+        shared.add(np.broadcast_to(pattern, (4, 8, 8, 12)).copy())  # every patch the same target
+        noise.add(rng.standard_normal((4, 8, 8, 12)))
+    same, iid = shared.losses(), noise.losses()
+    assert same["zero"] > 0.5 and same["mean"] < 1e-9 and same["nearest"] < 1e-9
+    assert abs(iid["nearest"] - iid["zero"]) < 0.05 and abs(iid["mean"] - iid["zero"]) < 0.05
 
 
 def test_reconstruction_plateau_ramps_are_copyable_and_both_models_train():
@@ -106,6 +123,16 @@ def test_reconstruction_plateau_ramps_are_copyable_and_both_models_train():
     assert [row["model"] for row in rows] == ["cmae", "hf"]
     for row in rows:  # a random encoder still carries its input patch, linearly
         assert 0.2 < row["content R2 init"] < 1 and 0.5 < row["loss @4"] < 2
+
+
+def test_reconstruction_plateau_trace_reports_gradients_and_attention(capsys):
+    from reconstruction_plateau import main
+
+    main(["--models", "cmae", "--lrs", "1e-3", "--steps", "25", "--clips", "32", "--trace"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("step"))
+    shares = [float(v) for v in line.split("attention on visible")[1].split()]
+    assert len(shares) == 2 and all(0.0 < share < 1.0 for share in shares)  # one per decoder block
+    assert float(line.split("grad encoder")[1].split()[0]) > 0 and float(line.split("grad head")[1].split()[0]) > 0
 
 
 def test_probe_grid_benchmark_prints_its_table(synth_dir, tmp_path, capsys):
