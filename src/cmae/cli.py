@@ -24,7 +24,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
                      background_drift=args.background_drift, distractors=args.distractors,
                      same_shape_distractors=args.same_shape_distractors,
                      same_color_distractors=args.same_color_distractors, background_pool=args.background_pool,
-                     style=args.style, crf=args.crf)
+                     style=args.style, crf=args.crf, light=args.light, leaf_shade=tuple(args.leaf_shade))
     started = time.time()
     summary = write_synthetic_dataset(args.output, spec, progress=True)
     print(json.dumps(summary, indent=2, default=str))
@@ -278,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "natural: textured, accelerating objects over dead leaves (docs/data.md); "
                             "shapes: flat shapes over a dark texture (the demo's data)")
     synth.add_argument("--crf", type=int, default=SynthSpec.crf, help="x264 quality (lower: less codec noise)")
+    synth.add_argument("--light", type=float, default=SynthSpec.light,
+                       help="a screen-fixed light ramp: brightness 1 +- this half a diagonal from the centre (0: none)")
+    synth.add_argument("--leaf-shade", type=float, nargs=2, default=SynthSpec.leaf_shade, metavar=("LOW", "HIGH"),
+                       help="camera: the range of each leaf's own ramp strength (0 0: flat leaves)")
     synth.add_argument("--background-drift", type=float, default=0.3,
                        help="largest background travel over a clip, as a fraction of the frame (0: static)")
     synth.add_argument("--background-pool", type=int, default=0,

@@ -61,3 +61,25 @@ def test_write_camera_style(tmp_path):
         write_synthetic_dataset(tmp_path, dataclasses.replace(spec, background_pool=2))
     _, frames = sample_and_render(spec, 0, np.random.default_rng(0), [])
     assert frames.shape == (8, 32, 32, 3) and SUPERSAMPLE == 2
+
+
+def test_flat_leaves_and_a_screen_fixed_light():
+    flat = smooth_leaves(np.random.default_rng(0), 192, 64, 0, shade_range=(0.0, 0.0))
+    step = np.abs(np.diff(flat.astype(int), axis=1)).sum(-1)
+    assert (step > 0).mean() < 0.1  # one colour per leaf: pixels change only at the edges
+    spec = SynthSpec(num_frames=8, size=32, style="camera", leaf_shade=(0.0, 0.0))
+    params, plain = sample_and_render(spec, 0, np.random.default_rng(3), [])
+    lit_params, lit = sample_and_render(dataclasses.replace(spec, light=0.5), 0, np.random.default_rng(3), [])
+    assert np.array_equal(params.bg_offset, lit_params.bg_offset)  # the light draws after every other draw
+    # the ratio lit / plain is one plane, the same in every frame, of slope 0.5 per half diagonal of the frame
+    ratio = (lit.astype(float) + 0.5) / (plain.astype(float) + 0.5)
+    keep = (plain > 40) & (lit < 250)
+    yy, xx = np.broadcast_arrays(*np.mgrid[0:32, 0:32][:, None, :, :, None], ratio)[:2]
+    design = np.stack([np.ones(keep.sum()), xx[keep], yy[keep]], 1)
+    fit, *_ = np.linalg.lstsq(design, ratio[keep], rcond=None)
+    residual = ratio[keep] - design @ fit
+    assert residual.std() < 0.05 and 0.45 < np.hypot(*fit[1:]) * 16 * np.sqrt(2) < 0.55
+    with pytest.raises(ValueError, match="leaf_shade is an option of the camera style"):
+        write_synthetic_dataset("unused", SynthSpec(leaf_shade=(0.0, 0.0)))
+    with pytest.raises(ValueError, match="light >= 0"):
+        write_synthetic_dataset("unused", dataclasses.replace(spec, light=-1.0))

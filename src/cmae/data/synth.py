@@ -74,6 +74,12 @@ class SynthSpec:
     # camera: the class is the scene's pan, roll or zoom (cmae.data.synth_camera; the same_* options do not apply)
     style: str = "shapes"
     crf: int = 20  # x264's constant rate factor: lower keeps more detail (and codec noise less of a target)
+    # > 0: every frame lit by one screen-fixed linear ramp of random direction per clip, brightness changing by
+    # light per half diagonal of the frame (1 +- light at two corners when the ramp runs diagonally): a pattern
+    # that every patch's normalised target shares, which copying the visible tokens predicts (docs/results.md,
+    # issue 33); 0: none, and every other draw of a clip stays the same
+    light: float = 0.0
+    leaf_shade: tuple[float, float] = (0.3, 0.6)  # camera: range of each leaf's own ramp strength; (0, 0): flat leaves
 
 
 def scene_classes(style: str) -> tuple[str, ...]:
@@ -87,13 +93,27 @@ def sample_and_render(spec: SynthSpec, motion: int, rng: np.random.Generator,
     args = (motion, rng, spec.num_frames, spec.size, spec.background_drift, spec.distractors,
             spec.same_shape_distractors, tuple(spec.object_size), spec.same_color_distractors)
     if spec.style == "camera":
-        params = sample_camera_clip(motion, rng, spec.num_frames, spec.size, spec.distractors, tuple(spec.object_size))
-        return params, render_camera_clip(params)
-    if spec.style == "natural":
+        params = sample_camera_clip(motion, rng, spec.num_frames, spec.size, spec.distractors, tuple(spec.object_size),
+                                    tuple(spec.leaf_shade))
+        frames = render_camera_clip(params)
+    elif spec.style == "natural":
         params = sample_natural_clip(*args)
-        return params, render_natural_clip(params)
-    params = sample_clip(*args, pool)
-    return params, render_clip(params)
+        frames = render_natural_clip(params)
+    else:
+        params = sample_clip(*args, pool)
+        frames = render_clip(params)
+    return params, light_frames(frames, spec.light, rng) if spec.light else frames
+
+
+def light_frames(frames: np.ndarray, light: float, rng: np.random.Generator) -> np.ndarray:
+    """`frames` [T, H, W, 3] uint8 times one screen-fixed ramp along a random direction, 1 at the frame's centre
+    and 1 +- light half a diagonal away: the same for every frame, so it does not move with the scene."""
+    h, w = frames.shape[1:3]
+    yy, xx = np.mgrid[0:h, 0:w]
+    angle = rng.uniform(0, 2 * np.pi)
+    along = np.cos(angle) * (2 * (xx + 0.5) / w - 1) + np.sin(angle) * (2 * (yy + 0.5) / h - 1)
+    shade = 1 + light * along / np.sqrt(2)
+    return np.clip(frames * shade[None, ..., None], 0, 255).astype(np.uint8)
 
 
 def _texture(rng: np.random.Generator, side: int) -> tuple[np.ndarray, int]:
@@ -243,6 +263,11 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec | None = None, 
         raise ValueError(f"unknown synthetic style {spec.style!r}; choose one of {', '.join(STYLES)}")
     if spec.style != "shapes" and spec.background_pool:
         raise ValueError("background_pool is an option of the shapes style only")
+    if spec.light < 0 or not 0 <= spec.leaf_shade[0] <= spec.leaf_shade[1]:
+        raise ValueError(f"need light >= 0 and 0 <= leaf_shade low <= high, got light={spec.light}, "
+                         f"leaf_shade={spec.leaf_shade}")
+    if spec.style != "camera" and tuple(spec.leaf_shade) != SynthSpec.leaf_shade:
+        raise ValueError("leaf_shade is an option of the camera style only")
     scenes = scene_classes(spec.style)
     out = Path(out_dir)
     splits = {"train": (spec.num_train, spec.seed), "val": (spec.num_val, spec.seed + VAL_SEED_OFFSET)}

@@ -36,6 +36,7 @@ _RAMP_SIDE = 64
 # Leaf radii as fractions of a frame's side. Measured (docs/results.md): with (0.1, 0.67) a patch's normalised
 # target correlates 0.08 with its neighbour's, with these 0.24 (0.006 in the shapes style)
 LEAF_RADII = (0.25, 1.2)
+LEAF_SHADE = (0.3, 0.6)
 
 
 def ramp(rng: np.random.Generator, side: int, rgb: np.ndarray, strength: tuple[float, float]) -> np.ndarray:
@@ -54,15 +55,17 @@ def _leaf_color(rng: np.random.Generator) -> np.ndarray:
 
 
 def smooth_leaves(rng: np.random.Generator, side: int, frame: int, leaf: int,
-                  radii_range: tuple[float, float] = LEAF_RADII) -> np.ndarray:
+                  radii_range: tuple[float, float] = LEAF_RADII,
+                  shade_range: tuple[float, float] = LEAF_SHADE) -> np.ndarray:
     """A dead-leaves canvas `[side, side, 3]` uint8 of large leaves of outline `leaf` (radii in `radii_range`
-    times a `frame`'s side, density ~ r**-3), each a colour ramp of random hue and brightness."""
+    times a `frame`'s side, density ~ r**-3), each a colour ramp of random hue and brightness whose strength
+    (brightness change from the leaf's centre to its edge) is drawn from `shade_range`; (0, 0): flat leaves."""
     lo, hi = frame * radii_range[0], frame * radii_range[1]
     mean_area = np.pi * 2 * lo ** 2 * np.log(hi / lo) / (1 - (lo / hi) ** 2)  # E[pi r^2] under r**-3
     count = int(3 * (side + 2 * hi) ** 2 / mean_area)  # about three layers of leaves at every point
     radii = (lo ** -2 - rng.random(count) * (lo ** -2 - hi ** -2)) ** -0.5
     centres, angles = rng.uniform(-hi, side + hi, (count, 2)), rng.uniform(0, 2 * np.pi, count)
-    canvas = ramp(rng, side, _leaf_color(rng), (0.3, 0.6)).astype(np.float32)  # under every leaf
+    canvas = ramp(rng, side, _leaf_color(rng), shade_range).astype(np.float32)  # under every leaf
     for r, (cx, cy), a in zip(radii, centres, angles, strict=True):
         x0, y0 = max(int(cx - r), 0), max(int(cy - r), 0)  # the leaf's bounding box, cut to the canvas
         x1, y1 = min(int(cx + r) + 2, side), min(int(cy + r) + 2, side)
@@ -75,7 +78,7 @@ def smooth_leaves(rng: np.random.Generator, side: int, frame: int, leaf: int,
         inside = np.asarray(mask) > 0
         yy, xx = np.nonzero(inside)
         d = rng.uniform(0, 2 * np.pi)
-        shade = 1 + rng.uniform(0.3, 0.6) * ((xx + x0 - cx) * np.cos(d) + (yy + y0 - cy) * np.sin(d)) / r
+        shade = 1 + rng.uniform(*shade_range) * ((xx + x0 - cx) * np.cos(d) + (yy + y0 - cy) * np.sin(d)) / r
         canvas[y0:y1, x0:x1][inside] = shade[:, None] * _leaf_color(rng)
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
@@ -96,7 +99,8 @@ def _sprite(rng: np.random.Generator, L: float, tc: np.ndarray, size: tuple[floa
 
 
 def sample_camera_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, size: int = 64,
-                       distractors: int = 3, object_size: tuple[float, float] = (0.11, 0.22)) -> ClipParams:
+                       distractors: int = 3, object_size: tuple[float, float] = (0.11, 0.22),
+                       leaf_shade: tuple[float, float] = LEAF_SHADE) -> ClipParams:
     """Draw one clip whose scene moves as class `motion` (no rendering). `bg_offset` holds the camera per
     frame as rows (x, y, zoom, roll): the world point at the frame's centre, its magnification, its angle."""
     T, L = num_frames, float(size)
@@ -120,7 +124,7 @@ def sample_camera_clip(motion: int, rng: np.random.Generator, num_frames: int = 
     camera[:, 0] = centre[0] - (cos * pan[:, 0] - sin * pan[:, 1]) / camera[:, 2]
     camera[:, 1] = centre[1] - (sin * pan[:, 0] + cos * pan[:, 1]) / camera[:, 2]
     scene = int(rng.integers(len(NATURAL_SCENE_CLASSES)))
-    canvas = smooth_leaves(rng, side * SUPERSAMPLE, size * SUPERSAMPLE, scene)
+    canvas = smooth_leaves(rng, side * SUPERSAMPLE, size * SUPERSAMPLE, scene, shade_range=leaf_shade)
     obj = _sprite(rng, L, tc, object_size)
     sprites = [_sprite(rng, L, tc, (0.05, 0.09)) for _ in range(int(rng.integers(0, distractors + 1)))]
     return ClipParams(motion, size, obj, sprites, canvas, camera, scene)
