@@ -2,7 +2,7 @@
 
     python benchmarks/synth_targets.py                       # every style, 64 clips each
     python benchmarks/synth_targets.py --styles natural --crf 20 12 --clips 32
-    python benchmarks/synth_targets.py --styles camera --light 1.2 --leaf-shade 0 0   # cmae synth's options
+    python benchmarks/synth_targets.py --styles camera --light 1.2 --leaf-shade 0 0 --motion-scale 2.5  # synth's options
 
 VideoMAE's target is each tubelet patch normalised by its own mean and spread (`norm_pix=channel`: per
 channel; `patch`: over the whole patch). On a flat patch the spread is the codec's noise, and the normalised
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--light", type=float, default=SynthSpec.light, help="cmae synth --light")
     parser.add_argument("--leaf-shade", type=float, nargs=2, default=SynthSpec.leaf_shade, help="camera style only")
+    parser.add_argument("--motion-scale", type=float, default=SynthSpec.motion_scale, help="camera style only")
     args = parser.parse_args(argv)
     print("| style | crf | noise floor, norm_pix channel | flat patches, channel | noise floor, patch | flat, patch "
           "| colour share, patch | neighbour r | next step r | zero | copy mean | copy nearest |")
@@ -135,9 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     for style in args.styles:
         for crf in args.crf:
             # the demo's spec (distractors in the object's shape and colours), in each style
-            shade = tuple(args.leaf_shade) if style == "camera" else SynthSpec.leaf_shade
+            camera = {"leaf_shade": tuple(args.leaf_shade), "motion_scale": args.motion_scale} if style == "camera" else {}
             spec = SynthSpec(style=style, crf=crf, same_shape_distractors=True, same_color_distractors=True,
-                             light=args.light, leaf_shade=shade)
+                             light=args.light, **camera)
             shares = noise_shares(spec, args.clips)
             ch, pa = shares["channel"], shares["patch"]
             print(f"| {style} | {crf} | {ch.mean():.3f} | {(ch > 0.5).mean():.1%} | {pa.mean():.3f} | "

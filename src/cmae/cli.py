@@ -24,7 +24,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
                      background_drift=args.background_drift, distractors=args.distractors,
                      same_shape_distractors=args.same_shape_distractors,
                      same_color_distractors=args.same_color_distractors, background_pool=args.background_pool,
-                     style=args.style, crf=args.crf, light=args.light, leaf_shade=tuple(args.leaf_shade))
+                     style=args.style, crf=args.crf, light=args.light, leaf_shade=tuple(args.leaf_shade),
+                     motion_scale=args.motion_scale)
     started = time.time()
     summary = write_synthetic_dataset(args.output, spec, progress=True)
     print(json.dumps(summary, indent=2, default=str))
@@ -282,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a screen-fixed light ramp: brightness 1 +- this half a diagonal from the centre (0: none)")
     synth.add_argument("--leaf-shade", type=float, nargs=2, default=SynthSpec.leaf_shade, metavar=("LOW", "HIGH"),
                        help="camera: the range of each leaf's own ramp strength (0 0: flat leaves)")
+    synth.add_argument("--motion-scale", type=float, default=SynthSpec.motion_scale,
+                       help="camera: every camera and object motion times this (up to 3)")
     synth.add_argument("--background-drift", type=float, default=0.3,
                        help="largest background travel over a clip, as a fraction of the frame (0: static)")
     synth.add_argument("--background-pool", type=int, default=0,

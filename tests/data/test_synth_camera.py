@@ -11,10 +11,10 @@ from cmae.data.synth import SynthSpec, sample_and_render, write_synthetic_datase
 from cmae.data.synth_camera import render_camera_clip, sample_camera_clip, smooth_leaves
 
 
-def _track(motion: int, seed: int, size: int = 64) -> np.ndarray:
+def _track(motion: int, seed: int, size: int = 64, motion_scale: float = 1.0) -> np.ndarray:
     """[T, 2] screen position (x, y, pixels, y down) of the world point seen 16 px right of and 8 px below the
     frame's centre at frame 0: the canvas is replaced by a map of world coordinates, the objects moved away."""
-    p = sample_camera_clip(motion, np.random.default_rng(seed), 8, size, distractors=0)
+    p = sample_camera_clip(motion, np.random.default_rng(seed), 8, size, distractors=0, motion_scale=motion_scale)
     side = p.texture.shape[0]
     yy, xx = np.mgrid[0:side, 0:side]
     coords = np.zeros((side, side, 3), np.uint8)
@@ -79,7 +79,16 @@ def test_flat_leaves_and_a_screen_fixed_light():
     fit, *_ = np.linalg.lstsq(design, ratio[keep], rcond=None)
     residual = ratio[keep] - design @ fit
     assert residual.std() < 0.05 and 0.45 < np.hypot(*fit[1:]) * 16 * np.sqrt(2) < 0.55
-    with pytest.raises(ValueError, match="leaf_shade is an option of the camera style"):
+    with pytest.raises(ValueError, match="leaf_shade and motion_scale are options"):
         write_synthetic_dataset("unused", SynthSpec(leaf_shade=(0.0, 0.0)))
     with pytest.raises(ValueError, match="light >= 0"):
         write_synthetic_dataset("unused", dataclasses.replace(spec, light=-1.0))
+
+
+def test_motion_scale_multiplies_the_camera_travel():
+    left = MOTION_CLASSES.index("move_left")  # the tracked point starts right of the centre: room to travel
+    base, faster = (_track(left, 0, motion_scale=scale) for scale in (1.0, 2.0))
+    travel, faster_travel = base[0, 0] - base[-1, 0], faster[0, 0] - faster[-1, 0]
+    assert travel > 8 and 1.6 < faster_travel / travel < 2.4  # the drift (not scaled) and pixel rounding: the rest
+    with pytest.raises(ValueError, match="motion_scale"):
+        write_synthetic_dataset("unused", SynthSpec(style="camera", motion_scale=4.0))

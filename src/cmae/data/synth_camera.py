@@ -83,16 +83,18 @@ def smooth_leaves(rng: np.random.Generator, side: int, frame: int, leaf: int,
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
-def _sprite(rng: np.random.Generator, L: float, tc: np.ndarray, size: tuple[float, float]) -> TexturedSprite:
-    """A ramp-shaded object of random shape and saturated hue that moves, turns and scales at random."""
+def _sprite(rng: np.random.Generator, L: float, tc: np.ndarray, size: tuple[float, float],
+            motion_scale: float = 1.0) -> TexturedSprite:
+    """A ramp-shaded object of random shape and saturated hue that moves, turns and scales at random (its travel
+    and turn times `motion_scale`)."""
     h, s, v = rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.35, 0.9)
     texture = np.clip(ramp(rng, _RAMP_SIDE, 255 * np.asarray(colorsys.hsv_to_rgb(h, s, v)), (0.3, 0.6)), 0, 255)
     mark = tuple(round(255 * c) for c in colorsys.hsv_to_rgb((h + 0.5) % 1, 1.0, 0.12 if v > 0.6 else 0.95))
     direction = rng.uniform(0, 2 * np.pi)
-    path = rng.uniform(0.2, 0.8, 2) * L + rng.uniform(0, 0.4 * L) * profile(tc, rng.uniform(-0.9, 0.9))[:, None] \
-        * np.array([np.cos(direction), np.sin(direction)])
+    travel = rng.uniform(0, 0.4 * L) * motion_scale * profile(tc, rng.uniform(-0.9, 0.9))
+    path = rng.uniform(0.2, 0.8, 2) * L + travel[:, None] * np.array([np.cos(direction), np.sin(direction)])
     radius = rng.uniform(*size) * L * rng.uniform(0.8, 1.25) ** (2 * tc)
-    angle = rng.uniform(0, 2 * np.pi) + rng.uniform(-1, 1) * np.pi * profile(tc, rng.uniform(-0.8, 0.8))
+    angle = rng.uniform(0, 2 * np.pi) + rng.uniform(-1, 1) * np.pi * motion_scale * profile(tc, rng.uniform(-0.8, 0.8))
     body = tuple(round(255 * c) for c in colorsys.hsv_to_rgb(h, s, v))
     return TexturedSprite(int(rng.integers(len(OBJECT_CLASSES))), body, mark, path, angle, radius,
                           int(h * len(COLOR_CLASSES)) % len(COLOR_CLASSES), texture.astype(np.uint8))
@@ -100,12 +102,14 @@ def _sprite(rng: np.random.Generator, L: float, tc: np.ndarray, size: tuple[floa
 
 def sample_camera_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, size: int = 64,
                        distractors: int = 3, object_size: tuple[float, float] = (0.11, 0.22),
-                       leaf_shade: tuple[float, float] = LEAF_SHADE) -> ClipParams:
-    """Draw one clip whose scene moves as class `motion` (no rendering). `bg_offset` holds the camera per
+                       leaf_shade: tuple[float, float] = LEAF_SHADE, motion_scale: float = 1.0) -> ClipParams:
+    """Draw one clip whose scene moves as class `motion` (no rendering); every travel, turn and zoom of the camera
+    and the objects (not the small drift) is `motion_scale` times the drawn one. `bg_offset` holds the camera per
     frame as rows (x, y, zoom, roll): the world point at the frame's centre, its magnification, its angle."""
     T, L = num_frames, float(size)
     tc = np.arange(T) / (T - 1) - 0.5
     name, accel = MOTION_CLASSES[motion], rng.uniform(-0.8, 0.8)
+    course = motion_scale * profile(tc, accel)  # [T] the class's travel over the clip, mean zero
     side = int(_CANVAS * size)
     centre = side / 2 + rng.uniform(-0.05, 0.05, 2) * L
     drift = drift_path(rng, 0.06 * L, tc)
@@ -114,19 +118,19 @@ def sample_camera_clip(motion: int, rng: np.random.Generator, num_frames: int = 
     camera[:, 2], camera[:, 3] = 1.0, rng.uniform(0, 2 * np.pi)
     if name.startswith("move"):
         axis, sign = {"move_left": (0, -1), "move_right": (0, 1), "move_up": (1, -1), "move_down": (1, 1)}[name]
-        pan[:, axis] += sign * rng.uniform(0.25, 0.45) * L * profile(tc, accel)
+        pan[:, axis] += sign * rng.uniform(0.25, 0.45) * L * course
     elif name.startswith("rotate"):  # content turning clockwise = the camera rolling anticlockwise
-        camera[:, 3] -= (1 if name == "rotate_cw" else -1) * rng.uniform(0.3, 0.6) * np.pi * profile(tc, accel)
+        camera[:, 3] -= (1 if name == "rotate_cw" else -1) * rng.uniform(0.3, 0.6) * np.pi * course
     else:
-        camera[:, 2] = rng.uniform(1.4, 1.8) ** ((1 if name == "grow" else -1) * profile(tc, accel))
+        camera[:, 2] = rng.uniform(1.4, 1.8) ** ((1 if name == "grow" else -1) * course)
     # content moving by `pan` on screen = the camera's centre moving by -R(roll) pan / zoom in the world
     cos, sin = np.cos(camera[:, 3]), np.sin(camera[:, 3])
     camera[:, 0] = centre[0] - (cos * pan[:, 0] - sin * pan[:, 1]) / camera[:, 2]
     camera[:, 1] = centre[1] - (sin * pan[:, 0] + cos * pan[:, 1]) / camera[:, 2]
     scene = int(rng.integers(len(NATURAL_SCENE_CLASSES)))
     canvas = smooth_leaves(rng, side * SUPERSAMPLE, size * SUPERSAMPLE, scene, shade_range=leaf_shade)
-    obj = _sprite(rng, L, tc, object_size)
-    sprites = [_sprite(rng, L, tc, (0.05, 0.09)) for _ in range(int(rng.integers(0, distractors + 1)))]
+    obj = _sprite(rng, L, tc, object_size, motion_scale)
+    sprites = [_sprite(rng, L, tc, (0.05, 0.09), motion_scale) for _ in range(int(rng.integers(0, distractors + 1)))]
     return ClipParams(motion, size, obj, sprites, canvas, camera, scene)
 
 
