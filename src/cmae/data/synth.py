@@ -41,7 +41,7 @@ from cmae.data.shapes import (
     draw_sprite,
     random_colors,
 )
-from cmae.data.synth_camera import render_camera_clip, sample_camera_clip
+from cmae.data.synth_camera import ramp_plane, render_camera_clip, sample_camera_clip
 from cmae.data.synth_natural import NATURAL_SCENE_CLASSES, render_natural_clip, sample_natural_clip
 
 __all__ = ["COLOR_CLASSES", "MOTION_CLASSES", "OBJECT_CLASSES", "SCENE_CLASSES", "STYLES", "VAL_SEED_OFFSET",
@@ -110,11 +110,7 @@ def sample_and_render(spec: SynthSpec, motion: int, rng: np.random.Generator,
 def light_frames(frames: np.ndarray, light: float, rng: np.random.Generator) -> np.ndarray:
     """`frames` [T, H, W, 3] uint8 times one screen-fixed ramp along a random direction, 1 at the frame's centre
     and 1 +- light half a diagonal away: the same for every frame, so it does not move with the scene."""
-    h, w = frames.shape[1:3]
-    yy, xx = np.mgrid[0:h, 0:w]
-    angle = rng.uniform(0, 2 * np.pi)
-    along = np.cos(angle) * (2 * (xx + 0.5) / w - 1) + np.sin(angle) * (2 * (yy + 0.5) / h - 1)
-    shade = 1 + light * along / np.sqrt(2)
+    shade = 1 + light * ramp_plane(frames.shape[1], rng.uniform(0, 2 * np.pi)) / np.sqrt(2)  # frames are square
     return np.clip(frames * shade[None, ..., None], 0, 255).astype(np.uint8)
 
 

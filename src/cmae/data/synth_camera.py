@@ -39,12 +39,17 @@ LEAF_RADII = (0.25, 1.2)
 LEAF_SHADE = (0.3, 0.6)
 
 
+def ramp_plane(side: int, angle: float) -> np.ndarray:
+    """`[side, side]` each pixel centre's position along direction `angle`, with x and y in -1..1 across the image."""
+    yy, xx = (np.mgrid[0:side, 0:side] + 0.5) / side * 2 - 1
+    return xx * np.cos(angle) + yy * np.sin(angle)
+
+
 def ramp(rng: np.random.Generator, side: int, rgb: np.ndarray, strength: tuple[float, float]) -> np.ndarray:
     """`[side, side, 3]` float image: colour `rgb` (0-255) times a linear ramp of random direction that
     changes brightness by a factor drawn from `strength` from the image's centre to its edge."""
-    yy, xx = (np.mgrid[0:side, 0:side] + 0.5) / side * 2 - 1
     a = rng.uniform(0, 2 * np.pi)
-    shade = 1 + rng.uniform(*strength) * (xx * np.cos(a) + yy * np.sin(a))
+    shade = 1 + rng.uniform(*strength) * ramp_plane(side, a)
     return shade[..., None] * rgb
 
 
