@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--light", type=float, default=SynthSpec.light, help="cmae synth --light")
     parser.add_argument("--leaf-shade", type=float, nargs=2, default=SynthSpec.leaf_shade, help="camera style only")
     parser.add_argument("--motion-scale", type=float, default=SynthSpec.motion_scale, help="camera style only")
+    parser.add_argument("--leaf-outline", type=float, default=SynthSpec.leaf_outline, help="camera style only")
     args = parser.parse_args(argv)
     print("| style | crf | noise floor, norm_pix channel | flat patches, channel | noise floor, patch | flat, patch "
           "| colour share, patch | neighbour r | next step r | zero | copy mean | copy nearest |")
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     for style in args.styles:
         for crf in args.crf:
             # the demo's spec (distractors in the object's shape and colours), in each style
-            camera = {"leaf_shade": tuple(args.leaf_shade), "motion_scale": args.motion_scale} if style == "camera" else {}
+            camera = {"leaf_shade": tuple(args.leaf_shade), "motion_scale": args.motion_scale,
+                      "leaf_outline": args.leaf_outline} if style == "camera" else {}
             spec = SynthSpec(style=style, crf=crf, same_shape_distractors=True, same_color_distractors=True,
                              light=args.light, **camera)
             shares = noise_shares(spec, args.clips)

@@ -171,8 +171,45 @@ def test_data_budget_pretrains_and_probes_on_the_selection_split(tmp_path, capsy
     from data_budget import main as data_budget
 
     data_budget(["--output", str(tmp_path), "--style", "natural", "--epochs", "1", "--train-clips", "40",
-                 "--overrides", "train.batch_size=8", "eval.probe_epochs=2"])
-    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
-    assert [row[0].strip() for row in rows] == ["random floor", "videomae, 1 epochs"]
-    assert all(0 <= float(row[2]) <= 100 for row in rows)
+                 "--seeds", "0", "1", "--protocols", "linprobe", "knn", "--finetune", "0.5",
+                 "--overrides", "train.batch_size=8", "eval.probe_epochs=2", "--finetune-overrides", "finetune.epochs=1"])
+    tables = capsys.readouterr().out.split("\n\n")
+    rows = [line.split("|")[1:-1] for line in tables[0].splitlines() if line.startswith("| ")][2:]
+    assert [(row[0].strip(), row[1].strip()) for row in rows] == [
+        ("random floor", "0"), ("videomae, 1 epochs", "0"), ("random floor", "1"), ("videomae, 1 epochs", "1")]
+    assert all(0 <= float(value) <= 100 for row in rows for value in row[3:6])
+    assert "finetune 50 % mean" in tables[1]
+    summary = [line.split("|")[1:-1] for line in tables[1].splitlines()][2:]
+    assert [row[0].strip() for row in summary] == ["random floor", "videomae, 1 epochs"]
+    floor, trained = summary
+    assert floor[2].strip() == floor[4].strip() == "-"  # no difference from itself
+    mean = (float(rows[1][3]) + float(rows[3][3])) / 2
+    assert abs(float(trained[1]) - mean) < 0.06
+    assert abs(float(trained[2].split()[0]) - (mean - (float(rows[0][3]) + float(rows[2][3])) / 2)) < 0.11
     assert len((tmp_path / "data-natural" / "sel_val.txt").read_text().splitlines()) == 8  # a fifth of 40
+    assert (tmp_path / "data-natural" / "seed1" / "videomae-e1" / "checkpoint-last.pt").is_file()
+    scratch, = (tmp_path / "data-natural" / "seed1" / "eval").glob("random-floor-finetune-*/summary.json")
+    assert json.loads(scratch.read_text())["num_train"] == 16  # half of the 32 probe clips
+
+
+def test_pooled_readout_finds_a_sign_that_cancels_in_the_mean(synth_dir, capsys):
+    import pooled_readout
+
+    from cmae.config import EvalConfig
+    from cmae.engine.probes import linear_probe
+    from tests.helpers import tiny_overrides
+
+    # class 0 moves dimension 0, class 1 dimension 1, each token by +-1 at random: means of zero, spreads apart
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    signs = torch.randint(0, 2, (200, 64), generator=generator) * 2.0 - 1
+    tokens = 0.1 * torch.randn(200, 64, 4, generator=generator)
+    tokens[torch.arange(200), :, labels] += signs
+    cfg = EvalConfig(probe_epochs=30, probe_batch_size=64)
+    score = {name: linear_probe(pool(tokens[:160]), labels[:160], pool(tokens[160:]), labels[160:], 2, cfg)["top1"]
+             for name, pool in pooled_readout.POOLINGS.items()}
+    assert score["spread"] == score["mean + spread"] == 100.0 and score["mean"] < 80
+    pooled_readout.main(["--checkpoints", "random", "--config", "demo/videomae",
+                         *tiny_overrides(synth_dir, **{"data.val": synth_dir / "val.txt", "eval.probe_epochs": 2})])
+    row = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| random")][0]
+    assert len(row) == 5 and all(0 <= float(value) <= 100 for value in row[1:])

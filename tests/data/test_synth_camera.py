@@ -79,7 +79,7 @@ def test_flat_leaves_and_a_screen_fixed_light():
     fit, *_ = np.linalg.lstsq(design, ratio[keep], rcond=None)
     residual = ratio[keep] - design @ fit
     assert residual.std() < 0.05 and 0.45 < np.hypot(*fit[1:]) * 16 * np.sqrt(2) < 0.55
-    with pytest.raises(ValueError, match="leaf_shade and motion_scale are options"):
+    with pytest.raises(ValueError, match="leaf_shade, leaf_outline and motion_scale are options"):
         write_synthetic_dataset("unused", SynthSpec(leaf_shade=(0.0, 0.0)))
     with pytest.raises(ValueError, match="light >= 0"):
         write_synthetic_dataset("unused", dataclasses.replace(spec, light=-1.0))
@@ -92,3 +92,22 @@ def test_motion_scale_multiplies_the_camera_travel():
     assert travel > 8 and 1.6 < faster_travel / travel < 2.4  # the drift (not scaled) and pixel rounding: the rest
     with pytest.raises(ValueError, match="motion_scale"):
         write_synthetic_dataset("unused", SynthSpec(style="camera", motion_scale=4.0))
+
+
+def test_leaf_outline_draws_a_dark_rim_around_every_leaf():
+    plain = smooth_leaves(np.random.default_rng(0), 192, 64, 0, shade_range=(0.0, 0.0)).astype(int)
+    rimmed = smooth_leaves(np.random.default_rng(0), 192, 64, 0, shade_range=(0.0, 0.0), outline=0.03).astype(int)
+    changed = (rimmed != plain).any(-1)
+    assert 0.02 < changed.mean() < 0.5  # thin rims, not whole leaves
+    assert (rimmed.sum(-1)[changed] < plain.sum(-1)[changed]).all()  # every changed pixel is darker
+    assert (rimmed.sum(-1)[changed] <= 0.2 * 3 * 255 + 3).all()  # RIM_DARKNESS of a leaf colour (at most 0.8 x 255)
+    edges = (np.abs(np.diff(plain, axis=1)).sum(-1) > 0)  # where two flat leaves meet
+    assert (changed[:, 1:] | changed[:, :-1])[edges].mean() > 0.95  # a rim on one side of every boundary
+    spec = SynthSpec(num_frames=8, size=32, style="camera")
+    params, _ = sample_and_render(spec, 0, np.random.default_rng(3), [])
+    rim_params, _ = sample_and_render(dataclasses.replace(spec, leaf_outline=0.02), 0, np.random.default_rng(3), [])
+    assert np.array_equal(params.bg_offset, rim_params.bg_offset)  # the rim draws nothing at random
+    with pytest.raises(ValueError, match="leaf_outline <= 0.1"):
+        write_synthetic_dataset("unused", dataclasses.replace(spec, leaf_outline=0.5))
+    with pytest.raises(ValueError, match="leaf_outline"):
+        write_synthetic_dataset("unused", SynthSpec(leaf_outline=0.02))

@@ -82,6 +82,8 @@ class SynthSpec:
     leaf_shade: tuple[float, float] = (0.3, 0.6)  # camera: range of each leaf's own ramp strength; (0, 0): flat leaves
     # camera: every travel, turn and zoom of the camera and the objects times this (a pan of 0.25-0.45 frames at 1)
     motion_scale: float = 1.0
+    # camera: > 0 gives every leaf a dark rim this fraction of a frame wide (fixed edge polarity; docs/results.md)
+    leaf_outline: float = 0.0
 
 
 def scene_classes(style: str) -> tuple[str, ...]:
@@ -96,7 +98,7 @@ def sample_and_render(spec: SynthSpec, motion: int, rng: np.random.Generator,
             spec.same_shape_distractors, tuple(spec.object_size), spec.same_color_distractors)
     if spec.style == "camera":
         params = sample_camera_clip(motion, rng, spec.num_frames, spec.size, spec.distractors, tuple(spec.object_size),
-                                    tuple(spec.leaf_shade), spec.motion_scale)
+                                    tuple(spec.leaf_shade), spec.motion_scale, spec.leaf_outline)
         frames = render_camera_clip(params)
     elif spec.style == "natural":
         params = sample_natural_clip(*args)
@@ -264,8 +266,11 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec | None = None, 
     if spec.light < 0 or not 0 <= spec.leaf_shade[0] <= spec.leaf_shade[1]:
         raise ValueError(f"need light >= 0 and 0 <= leaf_shade low <= high, got light={spec.light}, "
                          f"leaf_shade={spec.leaf_shade}")
-    if spec.style != "camera" and (tuple(spec.leaf_shade) != SynthSpec.leaf_shade or spec.motion_scale != 1.0):
-        raise ValueError("leaf_shade and motion_scale are options of the camera style only")
+    if spec.style != "camera" and (tuple(spec.leaf_shade) != SynthSpec.leaf_shade or spec.motion_scale != 1.0
+                                   or spec.leaf_outline):
+        raise ValueError("leaf_shade, leaf_outline and motion_scale are options of the camera style only")
+    if not 0 <= spec.leaf_outline <= 0.1:
+        raise ValueError(f"need 0 <= leaf_outline <= 0.1 (a fraction of the frame), got {spec.leaf_outline}")
     if not 0 < spec.motion_scale <= 3:  # the world canvas has room for 3x the widest pan (past 2, the widest
         # zoom-outs of a turned frame can reach its corners)
         raise ValueError(f"need 0 < motion_scale <= 3, got {spec.motion_scale}")

@@ -37,6 +37,7 @@ _RAMP_SIDE = 64
 # target correlates 0.08 with its neighbour's, with these 0.24 (0.006 in the shapes style)
 LEAF_RADII = (0.25, 1.2)
 LEAF_SHADE = (0.3, 0.6)
+RIM_DARKNESS = 0.2  # a leaf's outline (`outline` > 0): its own colour times this, darker than any leaf
 
 
 def ramp_plane(side: int, angle: float) -> np.ndarray:
@@ -61,10 +62,13 @@ def _leaf_color(rng: np.random.Generator) -> np.ndarray:
 
 def smooth_leaves(rng: np.random.Generator, side: int, frame: int, leaf: int,
                   radii_range: tuple[float, float] = LEAF_RADII,
-                  shade_range: tuple[float, float] = LEAF_SHADE) -> np.ndarray:
+                  shade_range: tuple[float, float] = LEAF_SHADE, outline: float = 0.0) -> np.ndarray:
     """A dead-leaves canvas `[side, side, 3]` uint8 of large leaves of outline `leaf` (radii in `radii_range`
     times a `frame`'s side, density ~ r**-3), each a colour ramp of random hue and brightness whose strength
-    (brightness change from the leaf's centre to its edge) is drawn from `shade_range`; (0, 0): flat leaves."""
+    (brightness change from the leaf's centre to its edge) is drawn from `shade_range`; (0, 0): flat leaves.
+    `outline` > 0: each leaf has a dark rim this fraction of a frame wide (its colour times RIM_DARKNESS), so every
+    visible leaf boundary is a dark line whatever the colours on its two sides: a moving edge's temporal change
+    has one sign on its leading side (fixed polarity; random leaf colours give each edge a random one)."""
     lo, hi = frame * radii_range[0], frame * radii_range[1]
     mean_area = np.pi * 2 * lo ** 2 * np.log(hi / lo) / (1 - (lo / hi) ** 2)  # E[pi r^2] under r**-3
     count = int(3 * (side + 2 * hi) ** 2 / mean_area)  # about three layers of leaves at every point
@@ -78,13 +82,18 @@ def smooth_leaves(rng: np.random.Generator, side: int, frame: int, leaf: int,
             continue
         rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
         mask = Image.new("L", (x1 - x0, y1 - y0))
-        ImageDraw.Draw(mask).polygon([tuple(p) for p in LEAF_OUTLINES[leaf] @ rot.T * r + (cx - x0, cy - y0)],
-                                     fill=255)
+        points = [tuple(p) for p in LEAF_OUTLINES[leaf] @ rot.T * r + (cx - x0, cy - y0)]
+        ImageDraw.Draw(mask).polygon(points, fill=255)
         inside = np.asarray(mask) > 0
         yy, xx = np.nonzero(inside)
         d = rng.uniform(0, 2 * np.pi)
         shade = 1 + rng.uniform(*shade_range) * ((xx + x0 - cx) * np.cos(d) + (yy + y0 - cy) * np.sin(d)) / r
-        canvas[y0:y1, x0:x1][inside] = shade[:, None] * _leaf_color(rng)
+        color = _leaf_color(rng)
+        canvas[y0:y1, x0:x1][inside] = shade[:, None] * color
+        if outline > 0:  # the rim: the polygon's outline, inside the leaf (no draws: outline 0 leaves clips as before)
+            rim = Image.new("L", mask.size)
+            ImageDraw.Draw(rim).polygon(points, outline=255, width=max(1, round(2 * outline * frame)))
+            canvas[y0:y1, x0:x1][inside & (np.asarray(rim) > 0)] = RIM_DARKNESS * color
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
@@ -107,7 +116,8 @@ def _sprite(rng: np.random.Generator, L: float, tc: np.ndarray, size: tuple[floa
 
 def sample_camera_clip(motion: int, rng: np.random.Generator, num_frames: int = 16, size: int = 64,
                        distractors: int = 3, object_size: tuple[float, float] = (0.11, 0.22),
-                       leaf_shade: tuple[float, float] = LEAF_SHADE, motion_scale: float = 1.0) -> ClipParams:
+                       leaf_shade: tuple[float, float] = LEAF_SHADE, motion_scale: float = 1.0,
+                       leaf_outline: float = 0.0) -> ClipParams:
     """Draw one clip whose scene moves as class `motion` (no rendering); every travel, turn and zoom of the camera
     and the objects (not the small drift) is `motion_scale` times the drawn one. `bg_offset` holds the camera per
     frame as rows (x, y, zoom, roll): the world point at the frame's centre, its magnification, its angle."""
@@ -133,7 +143,8 @@ def sample_camera_clip(motion: int, rng: np.random.Generator, num_frames: int = 
     camera[:, 0] = centre[0] - (cos * pan[:, 0] - sin * pan[:, 1]) / camera[:, 2]
     camera[:, 1] = centre[1] - (sin * pan[:, 0] + cos * pan[:, 1]) / camera[:, 2]
     scene = int(rng.integers(len(NATURAL_SCENE_CLASSES)))
-    canvas = smooth_leaves(rng, side * SUPERSAMPLE, size * SUPERSAMPLE, scene, shade_range=leaf_shade)
+    canvas = smooth_leaves(rng, side * SUPERSAMPLE, size * SUPERSAMPLE, scene, shade_range=leaf_shade,
+                           outline=leaf_outline)
     obj = _sprite(rng, L, tc, object_size, motion_scale)
     sprites = [_sprite(rng, L, tc, (0.05, 0.09), motion_scale) for _ in range(int(rng.integers(0, distractors + 1)))]
     return ClipParams(motion, size, obj, sprites, canvas, camera, scene)
