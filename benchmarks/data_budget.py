@@ -72,12 +72,12 @@ def data_set(output: Path, spec: SynthSpec) -> Path:
     return data
 
 
-def seed_rows(data: Path, output: Path, args: argparse.Namespace, seed: int) -> list[dict]:
+def seed_rows(data: Path, lists: tuple[Path, Path], output: Path, args: argparse.Namespace, seed: int) -> list[dict]:
     """One seed: the random floor and videomae at each budget, each with its probes: table rows."""
     from cmae.engine.evaluate import frozen_evaluation
     from cmae.engine.pretrain import pretrain
 
-    probe_train, probe_select = selection_lists(data)
+    probe_train, probe_select = lists
     overrides = [f"train.seed={seed}", *args.overrides]
     probe = [f"data.train={probe_train}", f"data.val={probe_select}", *TASKS["motion"][2], *PROBE, *overrides]
     folder = output / data.name / f"seed{seed}"
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| encoder ({data.name}) | seed | loss first -> last | " + " | ".join(f"motion {c}" for c in columns(args))
           + " |")
     print("| --- | ---: | --- |" + " ---: |" * len(columns(args)))
-    rows = [row for seed in args.seeds for row in seed_rows(data, output, args, seed)]
+    lists = selection_lists(data)  # written once: every seed probes the same clips
+    rows = [row for seed in args.seeds for row in seed_rows(data, lists, output, args, seed)]
     if len(args.seeds) > 1:
         num_val = len((data / "sel_val.txt").read_text().splitlines())
         print("\n" + "\n".join(summary_lines(rows, columns(args), num_val)))
