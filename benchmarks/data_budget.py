@@ -7,9 +7,9 @@ random floor, on a selection split of the training clips (the validation clips a
         --epochs 6 12 24 --seeds 0 1 2 --protocols linprobe knn attnprobe --finetune 0.1
 
 The data is the demo's spec (1,600 training clips; `--style`, `--object-size`, `--light`, `--leaf-shade`,
-`--motion-scale`, `--leaf-outline` change it), drawn once for every seed. `videomae` is pre-trained on all
-training clips with the demo preset (`demo/videomae`, `--overrides` on top, `train.seed` per seed); its probes
-are fit on the first 1,280 and scored on the last 320 (class-balanced: labels cycle through the 8 classes),
+`--motion-scale`, `--leaf-outline`, `--background-light` change it), drawn once for every seed. `videomae` is
+pre-trained on all training clips with the demo preset (`demo/videomae`, `--overrides` on top, `train.seed` per seed);
+its probes are fit on the first 1,280 and scored on the last 320 (class-balanced: labels cycle through the 8 classes),
 with the demo's probe settings (the attentive probe chooses its lr on a fifth of the 1,280, as in the demo).
 `--finetune F` also fine-tunes every encoder end to end on a class-balanced fraction F of the 1,280 (the
 random floor: training from scratch) and scores it on the 320. Each row gives the normalised-pixel loss at
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--leaf-shade", nargs=2, type=float, default=list(DEMO_SPEC.leaf_shade))
     parser.add_argument("--motion-scale", type=float, default=DEMO_SPEC.motion_scale)
     parser.add_argument("--leaf-outline", type=float, default=DEMO_SPEC.leaf_outline)
+    parser.add_argument("--background-light", type=float, default=DEMO_SPEC.background_light)
     parser.add_argument("--epochs", nargs="*", type=int, default=[6, 12, 24])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (the data stays the same)")
     parser.add_argument("--protocols", nargs="*", choices=("linprobe", "knn", "attnprobe"), default=["linprobe"])
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     output = Path(args.output)
     spec = dataclasses.replace(DEMO_SPEC, style=args.style, object_size=tuple(args.object_size), light=args.light,
                                leaf_shade=tuple(args.leaf_shade), motion_scale=args.motion_scale,
-                               leaf_outline=args.leaf_outline,
+                               leaf_outline=args.leaf_outline, background_light=args.background_light,
                                num_train=args.train_clips, num_val=8)
     data = data_set(output, spec)
     print(f"| encoder ({data.name}) | seed | loss first -> last | " + " | ".join(f"motion {c}" for c in columns(args))

@@ -25,7 +25,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
                      same_shape_distractors=args.same_shape_distractors,
                      same_color_distractors=args.same_color_distractors, background_pool=args.background_pool,
                      style=args.style, crf=args.crf, light=args.light, leaf_shade=tuple(args.leaf_shade),
-                     motion_scale=args.motion_scale, leaf_outline=args.leaf_outline)
+                     motion_scale=args.motion_scale, leaf_outline=args.leaf_outline,
+                     background_light=args.background_light)
     started = time.time()
     summary = write_synthetic_dataset(args.output, spec, progress=True)
     print(json.dumps(summary, indent=2, default=str))
@@ -261,10 +262,12 @@ def add_evaluations(commands) -> None:
         evaluate.set_defaults(func=cmd_evaluate)
 
 
-# cmae synth's number options of the camera style
-CAMERA_OPTIONS = (("--motion-scale", SynthSpec.motion_scale, "every camera and object motion times this (up to 3)"),
-                  ("--leaf-outline", SynthSpec.leaf_outline, "a dark rim on every leaf, this fraction of the frame "
-                   "wide (0: none; up to 0.1)"))
+# cmae synth's number options of one style
+STYLE_OPTIONS = (("--motion-scale", SynthSpec.motion_scale, "camera: every camera and object motion times this (up to 3)"),
+                 ("--leaf-outline", SynthSpec.leaf_outline, "camera: a dark rim on every leaf, this fraction of the frame "
+                  "wide (0: none; up to 0.1)"),
+                 ("--background-light", SynthSpec.background_light, "shapes: a grey ramp under the objects, rising by "
+                  "up to this many levels across the frame (0: none)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a screen-fixed light ramp: brightness 1 +- this half a diagonal from the centre (0: none)")
     synth.add_argument("--leaf-shade", type=float, nargs=2, default=SynthSpec.leaf_shade, metavar=("LOW", "HIGH"),
                        help="camera: the range of each leaf's own ramp strength (0 0: flat leaves)")
-    for option, default, text in CAMERA_OPTIONS:
-        synth.add_argument(option, type=float, default=default, help=f"camera: {text}")
+    for option, default, text in STYLE_OPTIONS:
+        synth.add_argument(option, type=float, default=default, help=text)
     synth.add_argument("--background-drift", type=float, default=0.3,
                        help="largest background travel over a clip, as a fraction of the frame (0: static)")
     synth.add_argument("--background-pool", type=int, default=0,

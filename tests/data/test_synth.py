@@ -226,3 +226,28 @@ def test_a_background_pool_shares_textures_and_keeps_every_other_draw():
         seen.add(index)
         render_clip(pooled)
     assert seen == {0, 1, 2}
+
+
+def test_a_background_light_brightens_the_background_under_the_objects():
+    from cmae.data.synth import sample_and_render
+
+    spec = SynthSpec(num_frames=8, size=32, distractors=0)
+    params, plain = sample_and_render(spec, 0, np.random.default_rng(5), [])
+    lit_params, lit = sample_and_render(dataclasses.replace(spec, background_light=110), 0, np.random.default_rng(5), [])
+    assert np.array_equal(params.obj.center, lit_params.obj.center) and np.array_equal(params.texture, lit_params.texture)
+    body = np.all(plain == np.array(params.obj.color, np.uint8), axis=-1)  # [T, H, W] the object's own pixels
+    assert body.any() and np.all(lit[body] == plain[body])  # the object keeps its colour
+    # elsewhere the frames differ by one grey plane, the same in every frame although the texture drifts
+    added = lit.astype(float) - plain.astype(float)
+    black = dataclasses.replace(params.obj, color=(0, 0, 0), mark_color=(0, 0, 0))
+    background = np.all(render_clip(dataclasses.replace(params, obj=black)) == plain, -1)  # the object never drew here
+    assert np.abs(added[..., 0] - added[..., 2])[background].max() <= 1
+    yy, xx = np.broadcast_arrays(*np.mgrid[0:32, 0:32][:, None], added[..., 0])[:2]
+    design = np.stack([np.ones(background.sum()), xx[background], yy[background]], 1)
+    fit, *_ = np.linalg.lstsq(design, added[..., 0][background], rcond=None)
+    assert np.abs(added[..., 0][background] - design @ fit).max() <= 1.5  # a linear ramp, up to rounding
+    assert abs(np.hypot(*fit[1:]) * 32 * np.sqrt(2) - 110) < 3  # of 110 levels per diagonal of the frame
+    with pytest.raises(ValueError, match="background_light are options of the shapes style"):
+        write_synthetic_dataset("unused", SynthSpec(style="camera", background_light=10))
+    with pytest.raises(ValueError, match="background_light <= 255"):
+        write_synthetic_dataset("unused", dataclasses.replace(spec, background_light=300))

@@ -67,6 +67,7 @@ class ClipParams:
     texture: np.ndarray | None = None  # [h, w, 3] uint8 background at 2x resolution, larger than a frame
     bg_offset: np.ndarray | None = None  # [T, 2] top-left (x, y) of the frame in the texture, pixels
     scene: int = 0                   # index into SCENE_CLASSES: the texture's pattern
+    light: np.ndarray | None = None  # [2 size, 2 size] grey levels added to the background under the sprites
 
     @property
     def num_frames(self) -> int:

@@ -84,6 +84,11 @@ class SynthSpec:
     motion_scale: float = 1.0
     # camera: > 0 gives every leaf a dark rim this fraction of a frame wide (fixed edge polarity; docs/results.md)
     leaf_outline: float = 0.0
+    # shapes: > 0 adds to the background (not the objects) a screen-fixed linear grey ramp of random direction,
+    # rising by up to this many levels (of 255) across the frame: a pattern every background patch's normalised
+    # target shares, like `light`, but under the objects, so they stay brighter than any background and keep their
+    # contrast (fixed polarity; docs/results.md, issue 33); 0: none, and every other draw stays the same
+    background_light: float = 0.0
 
 
 def scene_classes(style: str) -> tuple[str, ...]:
@@ -105,6 +110,8 @@ def sample_and_render(spec: SynthSpec, motion: int, rng: np.random.Generator,
         frames = render_natural_clip(params)
     else:
         params = sample_clip(*args, pool)
+        if spec.background_light:  # drawn last: every other draw of the clip stays the same
+            params.light = background_ramp(spec.size, spec.background_light, rng)
         frames = render_clip(params)
     return params, light_frames(frames, spec.light, rng) if spec.light else frames
 
@@ -114,6 +121,12 @@ def light_frames(frames: np.ndarray, light: float, rng: np.random.Generator) -> 
     and 1 +- light half a diagonal away: the same for every frame, so it does not move with the scene."""
     shade = 1 + light * ramp_plane(frames.shape[1], rng.uniform(0, 2 * np.pi)) / np.sqrt(2)  # frames are square
     return np.clip(frames * shade[None, ..., None], 0, 255).astype(np.uint8)
+
+
+def background_ramp(size: int, levels: float, rng: np.random.Generator) -> np.ndarray:
+    """`[2 size, 2 size]` (supersampled) grey levels of a screen-fixed linear ramp along a random direction, within
+    0..`levels` (the whole range when it runs along a diagonal)."""
+    return levels * (ramp_plane(size * SUPERSAMPLE, rng.uniform(0, 2 * np.pi)) / np.sqrt(2) + 1) / 2
 
 
 def _texture(rng: np.random.Generator, side: int) -> tuple[np.ndarray, int]:
@@ -219,6 +232,8 @@ def render_clip(params: ClipParams) -> np.ndarray:
         else:
             x0, y0 = np.round(params.bg_offset[t] * SUPERSAMPLE).astype(int)
             img = Image.fromarray(params.texture[y0:y0 + big, x0:x0 + big])
+        if params.light is not None:  # under the sprites: they keep their colours
+            img = Image.fromarray(np.clip(np.asarray(img) + params.light[..., None], 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(img)
         for sprite in [*params.distractors, params.obj]:  # main object last: never occluded
             draw_sprite(draw, sprite, t)
@@ -261,8 +276,10 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec | None = None, 
         raise ValueError(f"need an even size >= 16 and num_frames >= 4, got {spec}")
     if spec.style not in STYLES:
         raise ValueError(f"unknown synthetic style {spec.style!r}; choose one of {', '.join(STYLES)}")
-    if spec.style != "shapes" and spec.background_pool:
-        raise ValueError("background_pool is an option of the shapes style only")
+    if spec.style != "shapes" and (spec.background_pool or spec.background_light):
+        raise ValueError("background_pool and background_light are options of the shapes style only")
+    if not 0 <= spec.background_light <= 255:
+        raise ValueError(f"need 0 <= background_light <= 255 (grey levels), got {spec.background_light}")
     if spec.light < 0 or not 0 <= spec.leaf_shade[0] <= spec.leaf_shade[1]:
         raise ValueError(f"need light >= 0 and 0 <= leaf_shade low <= high, got light={spec.light}, "
                          f"leaf_shade={spec.leaf_shade}")
