@@ -138,11 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     for style in args.styles:
         for crf in args.crf:
             # the demo's spec (distractors in the object's shape and colours), in each style
-            camera = {"leaf_shade": tuple(args.leaf_shade), "motion_scale": args.motion_scale,
-                      "leaf_outline": args.leaf_outline} if style == "camera" else {}
-            camera |= {"background_light": args.background_light} if style == "shapes" else {}
+            options = {"leaf_shade": tuple(args.leaf_shade), "motion_scale": args.motion_scale,
+                       "leaf_outline": args.leaf_outline} if style == "camera" else {}
+            options |= {"background_light": args.background_light} if style == "shapes" else {}
             spec = SynthSpec(style=style, crf=crf, same_shape_distractors=True, same_color_distractors=True,
-                             light=args.light, **camera)
+                             light=args.light, **options)
             shares = noise_shares(spec, args.clips)
             ch, pa = shares["channel"], shares["patch"]
             print(f"| {style} | {crf} | {ch.mean():.3f} | {(ch > 0.5).mean():.1%} | {pa.mean():.3f} | "

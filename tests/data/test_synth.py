@@ -18,6 +18,7 @@ from cmae.data.synth import (
     SynthSpec,
     background_textures,
     render_clip,
+    sample_and_render,
     sample_clip,
     write_synthetic_dataset,
 )
@@ -229,8 +230,6 @@ def test_a_background_pool_shares_textures_and_keeps_every_other_draw():
 
 
 def test_a_background_light_brightens_the_background_under_the_objects():
-    from cmae.data.synth import sample_and_render
-
     spec = SynthSpec(num_frames=8, size=32, distractors=0)
     params, plain = sample_and_render(spec, 0, np.random.default_rng(5), [])
     lit_params, lit = sample_and_render(dataclasses.replace(spec, background_light=110), 0, np.random.default_rng(5), [])

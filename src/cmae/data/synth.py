@@ -119,14 +119,19 @@ def sample_and_render(spec: SynthSpec, motion: int, rng: np.random.Generator,
 def light_frames(frames: np.ndarray, light: float, rng: np.random.Generator) -> np.ndarray:
     """`frames` [T, H, W, 3] uint8 times one screen-fixed ramp along a random direction, 1 at the frame's centre
     and 1 +- light half a diagonal away: the same for every frame, so it does not move with the scene."""
-    shade = 1 + light * ramp_plane(frames.shape[1], rng.uniform(0, 2 * np.pi)) / np.sqrt(2)  # frames are square
+    shade = 1 + light * diagonal_ramp(frames.shape[1], rng)  # frames are square
     return np.clip(frames * shade[None, ..., None], 0, 255).astype(np.uint8)
+
+
+def diagonal_ramp(side: int, rng: np.random.Generator) -> np.ndarray:
+    """`[side, side]` a linear ramp along a random direction, -1 to 1 from corner to corner along a diagonal."""
+    return ramp_plane(side, rng.uniform(0, 2 * np.pi)) / np.sqrt(2)
 
 
 def background_ramp(size: int, levels: float, rng: np.random.Generator) -> np.ndarray:
     """`[2 size, 2 size]` (supersampled) grey levels of a screen-fixed linear ramp along a random direction, within
     0..`levels` (the whole range when it runs along a diagonal)."""
-    return levels * (ramp_plane(size * SUPERSAMPLE, rng.uniform(0, 2 * np.pi)) / np.sqrt(2) + 1) / 2
+    return levels * (diagonal_ramp(size * SUPERSAMPLE, rng) + 1) / 2
 
 
 def _texture(rng: np.random.Generator, side: int) -> tuple[np.ndarray, int]:
