@@ -7,7 +7,8 @@ random floor, on a selection split of the training clips (the validation clips a
         --epochs 6 12 24 --seeds 0 1 2 --protocols linprobe knn attnprobe --finetune 0.1
 
 The data is the demo's spec (1,600 training clips; `--style`, `--object-size`, `--light`, `--leaf-shade`,
-`--motion-scale`, `--leaf-outline`, `--background-light` change it), drawn once for every seed. `videomae` is
+`--motion-scale`, `--leaf-outline`, `--background-light` and `--spec FIELD=VALUE` for any other `SynthSpec` field
+change it), drawn once for every seed. `videomae` is
 pre-trained on all training clips with the demo preset (`demo/videomae`, `--overrides` on top, `train.seed` per seed);
 its probes are fit on the first 1,280 and scored on the last 320 (class-balanced: labels cycle through the 8 classes),
 with the demo's probe settings (the attentive probe chooses its lr on a fifth of the 1,280, as in the demo).
@@ -23,6 +24,7 @@ cores.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import hashlib
 import json
@@ -53,6 +55,18 @@ def selection_lists(data: Path) -> tuple[Path, Path]:
     train.write_text("".join(lines[:cut]))
     select.write_text("".join(lines[cut:]))
     return train, select
+
+
+def spec_fields(items: list[str]) -> dict:
+    """`--spec` items, `FIELD=VALUE` with a Python literal (`distractors=0`, `background_light_angle=240,300`)."""
+    names = {field.name for field in dataclasses.fields(SynthSpec)}
+    fields = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in names or not value:
+            raise SystemExit(f"--spec {item!r}: need FIELD=VALUE, FIELD one of SynthSpec's ({', '.join(sorted(names))})")
+        fields[name] = ast.literal_eval(value)
+    return fields
 
 
 def loss_curve(run: Path) -> tuple[float, float]:
@@ -157,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--motion-scale", type=float, default=DEMO_SPEC.motion_scale)
     parser.add_argument("--leaf-outline", type=float, default=DEMO_SPEC.leaf_outline)
     parser.add_argument("--background-light", type=float, default=DEMO_SPEC.background_light)
+    parser.add_argument("--spec", nargs="*", default=[], metavar="FIELD=VALUE", help="any other SynthSpec field")
     parser.add_argument("--epochs", nargs="*", type=int, default=[6, 12, 24])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (the data stays the same)")
     parser.add_argument("--protocols", nargs="*", choices=("linprobe", "knn", "attnprobe"), default=["linprobe"])
@@ -171,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = dataclasses.replace(DEMO_SPEC, style=args.style, object_size=tuple(args.object_size), light=args.light,
                                leaf_shade=tuple(args.leaf_shade), motion_scale=args.motion_scale,
                                leaf_outline=args.leaf_outline, background_light=args.background_light,
-                               num_train=args.train_clips, num_val=8)
+                               num_train=args.train_clips, num_val=8, **spec_fields(args.spec))
     data = data_set(output, spec)
     print(f"| encoder ({data.name}) | seed | loss first -> last | " + " | ".join(f"motion {c}" for c in columns(args))
           + " |")

@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--light", type=float, default=SynthSpec.light, help="cmae synth --light")
     parser.add_argument("--background-light", type=float, default=SynthSpec.background_light, help="shapes only")
+    parser.add_argument("--background-light-angle", type=float, nargs=2, default=SynthSpec.background_light_angle,
+                        help="shapes only")
     parser.add_argument("--leaf-shade", type=float, nargs=2, default=SynthSpec.leaf_shade, help="camera style only")
     parser.add_argument("--motion-scale", type=float, default=SynthSpec.motion_scale, help="camera style only")
     parser.add_argument("--leaf-outline", type=float, default=SynthSpec.leaf_outline, help="camera style only")
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
             # the demo's spec (distractors in the object's shape and colours), in each style
             options = {"leaf_shade": tuple(args.leaf_shade), "motion_scale": args.motion_scale,
                        "leaf_outline": args.leaf_outline} if style == "camera" else {}
-            options |= {"background_light": args.background_light} if style == "shapes" else {}
+            options |= {"background_light": args.background_light,
+                        "background_light_angle": tuple(args.background_light_angle)} if style == "shapes" else {}
             spec = SynthSpec(style=style, crf=crf, same_shape_distractors=True, same_color_distractors=True,
                              light=args.light, **options)
             shares = noise_shares(spec, args.clips)

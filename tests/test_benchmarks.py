@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py: its CPU smoke run end to end, and its analytic FLOP count
 against PyTorch's counter."""
 
+import dataclasses
 import json
 import math
 import os
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -213,3 +215,22 @@ def test_pooled_readout_finds_a_sign_that_cancels_in_the_mean(synth_dir, capsys)
                          *tiny_overrides(synth_dir, **{"data.val": synth_dir / "val.txt", "eval.probe_epochs": 2})])
     row = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| random")][0]
     assert len(row) == 5 and all(0 <= float(value) <= 100 for value in row[1:])
+
+
+def test_region_loss_finds_the_object_and_scores_every_region(capsys):
+    import region_loss
+
+    from cmae.demo import DEMO_SPEC
+
+    spec = dataclasses.replace(DEMO_SPEC, distractors=0)
+    clips, share = region_loss.clips_and_object_share(spec, 4)
+    assert clips.shape == (4, 3, 8, 64, 64) and share.shape == (4, 256)
+    first = spec.num_train - round(region_loss.SELECTION * spec.num_train)
+    for k in range(4):  # the tubelet under the object's centre in the first frame is the object's, not background
+        params, _ = region_loss.sample_and_render(spec, (first + k) % 8, np.random.default_rng(spec.seed + first + k), [])
+        x, y = (params.obj.center[0] // 8).astype(int)
+        assert share[k, y * 8 + x] > 0.3
+    assert 0.02 < (share > 0).float().mean() < 0.5
+    region_loss.main(["--checkpoints", "random", "--clips", "4", "--spec", "distractors=0"])
+    row = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| random")][0]
+    assert all(0.5 < float(value) < 3 for value in row[1:])  # a random decoder's output is no better than zero

@@ -26,7 +26,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
                      same_color_distractors=args.same_color_distractors, background_pool=args.background_pool,
                      style=args.style, crf=args.crf, light=args.light, leaf_shade=tuple(args.leaf_shade),
                      motion_scale=args.motion_scale, leaf_outline=args.leaf_outline,
-                     background_light=args.background_light)
+                     background_light=args.background_light,
+                     background_light_angle=tuple(args.background_light_angle))
     started = time.time()
     summary = write_synthetic_dataset(args.output, spec, progress=True)
     print(json.dumps(summary, indent=2, default=str))
@@ -262,12 +263,16 @@ def add_evaluations(commands) -> None:
         evaluate.set_defaults(func=cmd_evaluate)
 
 
-# cmae synth's number options of one style
-STYLE_OPTIONS = (("--motion-scale", SynthSpec.motion_scale, "camera: every camera and object motion times this (up to 3)"),
+# cmae synth's number options of one style (a pair where the default is one: a range, LOW HIGH)
+STYLE_OPTIONS = (("--leaf-shade", SynthSpec.leaf_shade, "camera: the range of each leaf's own ramp strength (0 0: flat "
+                  "leaves)"),
+                 ("--motion-scale", SynthSpec.motion_scale, "camera: every camera and object motion times this (up to 3)"),
                  ("--leaf-outline", SynthSpec.leaf_outline, "camera: a dark rim on every leaf, this fraction of the frame "
                   "wide (0: none; up to 0.1)"),
                  ("--background-light", SynthSpec.background_light, "shapes: a grey ramp under the objects, rising by "
-                  "up to this many levels across the frame (0: none)"))
+                  "up to this many levels across the frame (0: none)"),
+                 ("--background-light-angle", SynthSpec.background_light_angle, "shapes: the range of directions, in "
+                  "degrees, in which the background light rises (0: rightwards, 90: down; 240 300: from above)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,10 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--crf", type=int, default=SynthSpec.crf, help="x264 quality (lower: less codec noise)")
     synth.add_argument("--light", type=float, default=SynthSpec.light,
                        help="a screen-fixed light ramp: brightness 1 +- this half a diagonal from the centre (0: none)")
-    synth.add_argument("--leaf-shade", type=float, nargs=2, default=SynthSpec.leaf_shade, metavar=("LOW", "HIGH"),
-                       help="camera: the range of each leaf's own ramp strength (0 0: flat leaves)")
     for option, default, text in STYLE_OPTIONS:
-        synth.add_argument(option, type=float, default=default, help=text)
+        pair = {"nargs": 2, "metavar": ("LOW", "HIGH")} if isinstance(default, tuple) else {}
+        synth.add_argument(option, type=float, default=default, help=text, **pair)
     synth.add_argument("--background-drift", type=float, default=0.3,
                        help="largest background travel over a clip, as a fraction of the frame (0: static)")
     synth.add_argument("--background-pool", type=int, default=0,

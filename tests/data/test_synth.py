@@ -246,6 +246,15 @@ def test_a_background_light_brightens_the_background_under_the_objects():
     fit, *_ = np.linalg.lstsq(design, added[..., 0][background], rcond=None)
     assert np.abs(added[..., 0][background] - design @ fit).max() <= 1.5  # a linear ramp, up to rounding
     assert abs(np.hypot(*fit[1:]) * 32 * np.sqrt(2) - 110) < 3  # of 110 levels per diagonal of the frame
+    # light from above (rising towards -y, as y points down): the same draws, the ramp turned to 270 degrees
+    from_above = dataclasses.replace(spec, background_light=110, background_light_angle=(270, 270))
+    above_params, above = sample_and_render(from_above, 0, np.random.default_rng(5), [])
+    assert np.array_equal(above_params.texture, params.texture)
+    gain = above.astype(float) - plain.astype(float)
+    top, bottom = gain[:, :8, :, 0][background[:, :8]], gain[:, -8:, :, 0][background[:, -8:]]
+    assert top.mean() > bottom.mean() + 50  # about 80 levels apart: 110 / sqrt(2) over 3/4 of the frame
+    with pytest.raises(ValueError, match="background_light_angle low <= high"):
+        write_synthetic_dataset("unused", dataclasses.replace(spec, background_light_angle=(300, 240)))
     with pytest.raises(ValueError, match="background_light are options of the shapes style"):
         write_synthetic_dataset("unused", SynthSpec(style="camera", background_light=10))
     with pytest.raises(ValueError, match="background_light <= 255"):

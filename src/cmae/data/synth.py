@@ -89,6 +89,9 @@ class SynthSpec:
     # target shares, like `light`, but under the objects, so they stay brighter than any background and keep their
     # contrast (fixed polarity; docs/results.md, issue 33); 0: none, and every other draw stays the same
     background_light: float = 0.0
+    # shapes: the range of the direction, in degrees, in which the background light rises (0: to the right, 90: down,
+    # as y points down; 240-300: light from above, as outdoors); (0, 360): any direction
+    background_light_angle: tuple[float, float] = (0.0, 360.0)
 
 
 def scene_classes(style: str) -> tuple[str, ...]:
@@ -111,7 +114,8 @@ def sample_and_render(spec: SynthSpec, motion: int, rng: np.random.Generator,
     else:
         params = sample_clip(*args, pool)
         if spec.background_light:  # drawn last: every other draw of the clip stays the same
-            params.light = background_ramp(spec.size, spec.background_light, rng)
+            params.light = background_ramp(spec.size, spec.background_light,
+                                           rng.uniform(*np.deg2rad(spec.background_light_angle)))
         frames = render_clip(params)
     return params, light_frames(frames, spec.light, rng) if spec.light else frames
 
@@ -119,19 +123,20 @@ def sample_and_render(spec: SynthSpec, motion: int, rng: np.random.Generator,
 def light_frames(frames: np.ndarray, light: float, rng: np.random.Generator) -> np.ndarray:
     """`frames` [T, H, W, 3] uint8 times one screen-fixed ramp along a random direction, 1 at the frame's centre
     and 1 +- light half a diagonal away: the same for every frame, so it does not move with the scene."""
-    shade = 1 + light * diagonal_ramp(frames.shape[1], rng)  # frames are square
+    shade = 1 + light * diagonal_ramp(frames.shape[1], rng.uniform(0, 2 * np.pi))  # frames are square
     return np.clip(frames * shade[None, ..., None], 0, 255).astype(np.uint8)
 
 
-def diagonal_ramp(side: int, rng: np.random.Generator) -> np.ndarray:
-    """`[side, side]` a linear ramp along a random direction, -1 to 1 from corner to corner along a diagonal."""
-    return ramp_plane(side, rng.uniform(0, 2 * np.pi)) / np.sqrt(2)
+def diagonal_ramp(side: int, angle: float) -> np.ndarray:
+    """`[side, side]` a linear ramp rising along direction `angle` (radians, y down), -1 to 1 from corner to corner
+    along a diagonal."""
+    return ramp_plane(side, angle) / np.sqrt(2)
 
 
-def background_ramp(size: int, levels: float, rng: np.random.Generator) -> np.ndarray:
-    """`[2 size, 2 size]` (supersampled) grey levels of a screen-fixed linear ramp along a random direction, within
-    0..`levels` (the whole range when it runs along a diagonal)."""
-    return levels * (diagonal_ramp(size * SUPERSAMPLE, rng) + 1) / 2
+def background_ramp(size: int, levels: float, angle: float) -> np.ndarray:
+    """`[2 size, 2 size]` (supersampled) grey levels of a screen-fixed linear ramp rising along direction `angle`,
+    within 0..`levels` (the whole range when it runs along a diagonal)."""
+    return levels * (diagonal_ramp(size * SUPERSAMPLE, angle) + 1) / 2
 
 
 def _texture(rng: np.random.Generator, side: int) -> tuple[np.ndarray, int]:
@@ -285,6 +290,9 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SynthSpec | None = None, 
         raise ValueError("background_pool and background_light are options of the shapes style only")
     if not 0 <= spec.background_light <= 255:
         raise ValueError(f"need 0 <= background_light <= 255 (grey levels), got {spec.background_light}")
+    low, high = spec.background_light_angle
+    if not 0 <= high - low <= 360:
+        raise ValueError(f"need background_light_angle low <= high <= low + 360 (degrees), got {(low, high)}")
     if spec.light < 0 or not 0 <= spec.leaf_shade[0] <= spec.leaf_shade[1]:
         raise ValueError(f"need light >= 0 and 0 <= leaf_shade low <= high, got light={spec.light}, "
                          f"leaf_shade={spec.leaf_shade}")
