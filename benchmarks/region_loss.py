@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from data_budget import SELECTION, spec_fields
 
-from cmae.data.synth import render_clip, sample_and_render
+from cmae.data.synth import MOTION_CLASSES, render_clip, sample_and_render
 from cmae.demo import DEMO_SPEC
 
 REGIONS = ("object", "edge", "background")
@@ -34,7 +34,7 @@ def clips_and_object_share(spec, count: int, patch: int = 8, tubelet: int = 2) -
     first = spec.num_train - round(SELECTION * spec.num_train)
     clips, covered = [], []
     for i in range(first, first + count):
-        params, frames = sample_and_render(spec, i % 8, np.random.default_rng(spec.seed + i), [])
+        params, frames = sample_and_render(spec, i % len(MOTION_CLASSES), np.random.default_rng(spec.seed + i), [])
         black = dataclasses.replace(params.obj, color=(0, 0, 0), mark_color=(0, 0, 0))
         without = render_clip(dataclasses.replace(params, obj=black))  # the same clip, the object drawn black
         clips.append(frames[0:16:2])
@@ -59,13 +59,10 @@ def region_losses(checkpoint: str, clips: torch.Tensor, share: torch.Tensor, mas
     torch.manual_seed(0)
     with torch.no_grad():
         for _ in range(masks):
-            mask = method.make_mask(view)
-            latent = method.encoder(view, mask.visible)
-            pred, _ = method.decoder(latent[:, method.encoder.num_prefix_tokens:], mask.visible,
-                                     method.encoder.token_grid(view.shape))
-            error = (pred.float() - targets).square().mean(-1)  # [B, N]
+            rec = method.reconstruct(view)  # a fresh tube mask, every token decoded
+            error = (rec.pred.float() - targets).square().mean(-1)  # [B, N]
             for name, region in regions.items():
-                errors[name].append(error[mask.masked & region])
+                errors[name].append(error[rec.mask.masked & region])
     return {name: torch.cat(values).mean().item() for name, values in errors.items()}
 
 
